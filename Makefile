@@ -1,0 +1,42 @@
+# dinolab: every command a learner, an instructor or CI needs, run inside .venv/.
+# `make install` builds the environment from nothing and is safe to run again;
+# `make test` is what CI runs after it (.ci/run).
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Every target runs tools from the virtual environment first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export MPLBACKEND ?= Agg
+
+.PHONY: help install test lint pytest bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)  ## create .venv/ and install dinolab with the course and test tools (idempotent)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[course,dev]"
+	# A kernel that points at this venv's python, so notebooks import this dinolab.
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dinolab)" >/dev/null
+	$(PY) -c "import torch, torchvision, dinolab; print('dinolab', dinolab.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
+
+lint:  ## ruff over the whole repository
+	$(VENV)/bin/ruff check .
+
+pytest:  ## the test suite only
+	$(PY) -m pytest
+
+test: lint pytest  ## ruff, then the whole test suite (what CI runs)
+
+bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
+	$(PIP) install --quiet -e ".[bench]"
+	$(PY) benchmarks/run.py
+
+clean:  ## remove caches and build outputs (keeps .venv/)
+	rm -rf build .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
