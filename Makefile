@@ -21,7 +21,7 @@ $(PY):
 install: $(PY)  ## create .venv/ and install dinolab with the course and test tools (idempotent)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e ".[course,dev]"
-	# A kernel that points at this venv's python, so notebooks import this dinolab.
+	@# A kernel that points at this venv's python, so notebooks import this dinolab.
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dinolab)" >/dev/null
 	$(PY) -c "import torch, torchvision, dinolab; print('dinolab', dinolab.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
