@@ -1,0 +1,238 @@
+"""Load official DINO / DINOv2 weights (or dinolab's own) into a dinolab model.
+
+Files this understands, all read with ``torch.load(..., weights_only=True)`` (no arbitrary
+code runs; ``argparse.Namespace``, which official DINO stores under ``args``, is allowed):
+
+* an official DINO v1 training checkpoint ``{student, teacher, optimizer, epoch, args,
+  dino_loss, fp16_scaler}``: the student's keys start with ``module.backbone.`` /
+  ``module.head.``, the teacher's with ``backbone.`` / ``head.``;
+* a DINOv2 teacher checkpoint ``{"teacher": {backbone.*, dino_head.*, ibot_head.*}}``, possibly
+  with chunked blocks (``backbone.blocks.<chunk>.<i>.``);
+* ``{"model": ...}`` or ``{"state_dict": ...}`` wrappers, and bare backbone state dicts (the
+  released ``dino_vits16_pretrain.pth``, DINOv2 hub files with ``pos_embed`` [1, 1370, D]).
+
+Key matching, per file key: ``module.`` / ``_orig_mod.`` (DDP, ``torch.compile``) are always
+stripped; ``backbone.`` is stripped (or added) when that is what makes the key a model key;
+chunked-block indices are flattened; torch's parametrized weight-norm names
+(``parametrizations.weight.original0/1``) and the classic ``weight_g`` / ``weight_v`` are
+mapped onto whichever the model uses. ``pos_embed`` of another grid is resized bicubically
+exactly as the ViT does at run time (:func:`dinolab.models.vit.interpolate_pos_embed`).
+A DINO v1 file leaves only ``mask_token`` missing in a dinolab ViT, and returns its ``head.*``
+keys as unexpected.
+
+Examples:
+    >>> from dinolab.models import vit_small
+    >>> model = vit_small(patch_size=16)
+    >>> path = "dino_deitsmall16_pretrain_full_checkpoint.pth"  # official DINO, downloaded
+    >>> missing, unexpected = load_pretrained(model, path)  # doctest: +SKIP
+    >>> missing  # doctest: +SKIP
+    ['mask_token']
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dinolab.ema import unwrap_model
+from dinolab.models.vit import interpolate_pos_embed
+
+__all__ = ["load_pretrained", "read_checkpoint", "HEAD_PREFIXES"]
+
+# Projection heads saved next to the backbone in official training checkpoints.
+HEAD_PREFIXES = ("head.", "dino_head.", "ibot_head.")
+# File keys that a backbone is expected to leave unused: heads and a supervised classifier.
+_EXPECTED_LEFTOVERS = (*HEAD_PREFIXES, "fc.")
+_ALWAYS_STRIP = ("module.", "_orig_mod.")
+_CHUNKED_BLOCK = re.compile(r"(^|\.)blocks\.\d+\.(\d+)\.")
+_WEIGHT_NORM_NAMES = {
+    ".parametrizations.weight.original0": ".weight_g",
+    ".parametrizations.weight.original1": ".weight_v",
+}
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> object:
+    """``torch.load`` a file on the CPU with ``weights_only=True``, with clear errors.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: the file is not a PyTorch checkpoint (or is truncated), or it pickles
+            Python objects other than tensors and plain containers.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"load_pretrained: no checkpoint file at {str(p)!r}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # "Unsupported global" means a well-formed pickle of some class weights_only refuses;
+        # anything else (an unknown opcode...) means the bytes are no pickle at all.
+        refused = [line for line in str(err).splitlines() if "Unsupported global" in line]
+        if refused:
+            raise ValueError(
+                f"load_pretrained: {str(p)!r} stores Python objects other than tensors and "
+                "plain containers, which weights_only loading refuses "
+                f"({refused[0].strip()[:200]}). If you trust the file, extract its state dict "
+                "with torch.load(..., weights_only=False) and save that."
+            ) from err
+        raise ValueError(
+            f"load_pretrained: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
+            f"(UnpicklingError)"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on bad files
+        raise ValueError(
+            f"load_pretrained: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
+            f"({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+
+
+def _select_state_dict(
+    obj: object, checkpoint_key: str | None, path: str
+) -> dict[str, torch.Tensor]:
+    """Find the tensors of a loaded file: under ``checkpoint_key``, "model", "state_dict"."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"load_pretrained: {path!r} holds a {type(obj).__name__}, not a state dict"
+        )
+    if checkpoint_key is not None and isinstance(obj.get(checkpoint_key), Mapping):
+        obj = obj[checkpoint_key]
+    else:
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(
+            f"load_pretrained: found no tensors in {path!r} under checkpoint_key="
+            f"{checkpoint_key!r}, 'model' or 'state_dict'; its keys are {list(obj)[:10]}"
+        )
+    return tensors
+
+
+def _strip(key: str, prefix: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
+def _candidates(key: str) -> Iterator[str]:
+    """Names a file key may have in the model, most literal first."""
+    for prefix in _ALWAYS_STRIP:
+        key = _strip(key, prefix)
+    prefixed = [key, _strip(key, "backbone."), "backbone." + key]
+    for name in prefixed:
+        chunked = [name, _CHUNKED_BLOCK.sub(r"\1blocks.\2.", name)]
+        for c in chunked:
+            yield c
+            for torch_name, classic in _WEIGHT_NORM_NAMES.items():
+                if c.endswith(torch_name):
+                    yield c[: -len(torch_name)] + classic
+                elif c.endswith(classic):
+                    yield c[: -len(classic)] + torch_name
+
+
+def _fit_pos_embed(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Resize a file ``pos_embed`` [1, 1+M*M, D] to the model's [1, 1+G*G, D], else None."""
+    if value.ndim != 3 or target.ndim != 3 or value.shape[0] != 1:
+        return None
+    if value.shape[2] != target.shape[2]:
+        return None
+    n_model = target.shape[1] - 1
+    g = math.isqrt(n_model)
+    n_file = value.shape[1] - 1
+    if g * g != n_model or math.isqrt(n_file) ** 2 != n_file:
+        return None
+    return interpolate_pos_embed(value, (g, g), num_prefix_tokens=1)
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    checkpoint_key: str | None = "teacher",
+) -> tuple[list[str], list[str]]:
+    """Load official DINO / DINOv2 (or dinolab) weights into ``model``, non-strictly.
+
+    Args:
+        model: the module to fill (a ViT or ResNet backbone, a MultiCropWrapper, ...; a DDP
+            wrapper is unwrapped).
+        path: the ``.pth`` file.
+        checkpoint_key: entry of a training checkpoint to use ("teacher", as official DINO's
+            evaluation scripts; "student" for the student). Ignored when the file has no such
+            entry: then a "model" / "state_dict" entry or the whole file is used.
+
+    Returns:
+        ``(missing_keys, unexpected_keys)``: model keys the file did not provide (e.g.
+        ``mask_token`` for a DINO v1 file), and file keys (as written in the file) that the
+        model has no place for (e.g. the ``head.*`` / ``dino_head.*`` projection heads when
+        loading into a bare backbone). Unexpected keys other than heads (and a ResNet's
+        supervised ``fc`` classifier) trigger a warning,
+        because they usually mean an architecture mismatch (LayerScale, registers).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is unreadable or truncated; no key of the file matches the model
+            (a foreign checkpoint); a matched key has another shape (other than a resizable
+            ``pos_embed``); two file keys map to the same model key.
+    """
+    path_str = str(path)
+    state = _select_state_dict(read_checkpoint(path), checkpoint_key, path_str)
+    target = unwrap_model(model)
+    model_state = target.state_dict()
+
+    matched: dict[str, torch.Tensor] = {}
+    source_of: dict[str, str] = {}
+    unexpected: list[str] = []
+    mismatches: list[str] = []
+    for file_key, value in state.items():
+        model_key = next((c for c in _candidates(file_key) if c in model_state), None)
+        if model_key is None:
+            unexpected.append(file_key)
+            continue
+        if model_key in source_of:
+            raise ValueError(
+                f"load_pretrained: file keys {source_of[model_key]!r} and {file_key!r} in "
+                f"{path_str!r} both map to model key {model_key!r}"
+            )
+        want = model_state[model_key]
+        if value.shape != want.shape and model_key.split(".")[-1] == "pos_embed":
+            resized = _fit_pos_embed(value, want)
+            value = resized if resized is not None else value
+        if value.shape != want.shape:
+            mismatches.append(
+                f"{model_key!r}: file {tuple(value.shape)} vs model {tuple(want.shape)}"
+            )
+            continue
+        matched[model_key] = value
+        source_of[model_key] = file_key
+    if mismatches:
+        raise ValueError(
+            f"load_pretrained: {len(mismatches)} tensor(s) of {path_str!r} have another shape "
+            f"than the model's: {'; '.join(mismatches[:5])}"
+            + (" ..." if len(mismatches) > 5 else "")
+            + ". Check arch, patch_size and embed_dim."
+        )
+    if not matched:
+        raise ValueError(
+            f"load_pretrained: no key of {path_str!r} matches the model (foreign checkpoint?). "
+            f"File keys: {list(state)[:5]}; model keys: {list(model_state)[:5]}"
+        )
+    result = target.load_state_dict(matched, strict=False)
+    stray = [k for k in unexpected
+             if not _strip(_strip(k, "module."), "backbone.").startswith(_EXPECTED_LEFTOVERS)]
+    if stray:
+        warnings.warn(
+            f"load_pretrained: {len(stray)} key(s) of {path_str!r} have no place in the model, "
+            f"e.g. {stray[:5]}; the architecture may differ (LayerScale init_values? "
+            "num_register_tokens?)",
+            stacklevel=2,
+        )
+    return list(result.missing_keys), unexpected
