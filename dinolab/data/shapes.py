@@ -1,0 +1,243 @@
+"""``Shapes``: a synthetic, offline image-classification set built for self-supervised lessons.
+
+Each image shows one filled shape (circle, square, triangle, cross, ring or star) at a random
+position, size, rotation and colour, drawn over a random textured background (a two-colour
+gradient, sine stripes and pixel noise). The label is the shape. Colour, position and
+background dominate the pixel values while the label depends only on the silhouette, so
+nearest neighbours in raw pixel space are a weak classifier (about 0.3 accuracy with six
+classes, see ``tests/data/test_shapes.py``), and a representation has to become invariant to
+exactly the nuisances that multi-crop augmentation varies.
+
+Everything is drawn from NumPy generators seeded by ``(seed, split)``: the same arguments
+give the same images, and the train and test splits are independent draws. Generated arrays
+are cached in memory, so building the same split twice costs nothing.
+
+Examples:
+    >>> ds = Shapes(n=60, img_size=32, seed=0)
+    >>> img, label = ds[0]
+    >>> img.size, ds.classes[label] in ds.classes, len(ds)
+    ((32, 32), True, 60)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = ["SHAPE_CLASSES", "Shapes", "generate_shapes"]
+
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
+
+_SUPERSAMPLE = 2  # draw at 2x and average 2x2 blocks: anti-aliased edges at little cost
+_CHUNK = 256  # images drawn at once; bounds the temporary arrays to a few MB
+
+
+def _silhouette(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test of one shape in its own frame, unit radius ~ 1: bool, same shape as ``u``."""
+    rho = np.hypot(u, v)
+    if name == "circle":
+        return rho <= 0.85
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.65
+    if name == "triangle":
+        # Equilateral triangle of circumradius 0.95: inside all three edges, inradius 0.475.
+        inside = np.ones_like(u, dtype=bool)
+        for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6):
+            inside &= u * np.cos(a) + v * np.sin(a) <= 0.475
+        return inside
+    if name == "cross":
+        arm, reach = 0.25, 0.9
+        return ((np.abs(u) <= arm) & (np.abs(v) <= reach)) | (
+            (np.abs(v) <= arm) & (np.abs(u) <= reach)
+        )
+    if name == "ring":
+        return (rho >= 0.5) & (rho <= 0.9)
+    if name == "star":
+        phi = np.arctan2(v, u)
+        return rho <= 0.4 + 0.55 * (0.5 + 0.5 * np.cos(5 * phi)) ** 2
+    raise ValueError(f"unknown shape {name!r}; expected one of {SHAPE_CLASSES}")
+
+
+def _draw_chunk(labels: np.ndarray, img_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``len(labels)`` images: uint8 ``[n, S, S, 3]``."""
+    n, s, ss = len(labels), img_size, _SUPERSAMPLE
+    f32 = np.float32
+
+    def grid(m: int) -> tuple[np.ndarray, np.ndarray]:
+        # Pixel-centre coordinates in units of the image side, [1, m, m] each.
+        c = ((np.arange(m) + 0.5) / m).astype(f32)
+        y, x = np.meshgrid(c, c, indexing="ij")
+        return x[None], y[None]
+
+    def draw(*shape: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+        return rng.uniform(low, high, shape).astype(f32)
+
+    # Background, smooth so drawn at output resolution: a gradient between two colours along
+    # a random direction, plus sine stripes of random frequency, angle, phase and colour sign.
+    x, y = grid(s)
+    c1, c2 = draw(n, 1, 1, 3), draw(n, 1, 1, 3)
+    phi = draw(n, 1, 1, high=2 * np.pi)
+    t = np.clip((x - 0.5) * np.cos(phi) + (y - 0.5) * np.sin(phi) + 0.5, 0, 1)[..., None]
+    bg = c1 + (c2 - c1) * t
+    psi, phase = draw(n, 1, 1, high=2 * np.pi), draw(n, 1, 1, high=2 * np.pi)
+    freq = draw(n, 1, 1, low=1.5, high=5.0)  # cycles per image side
+    amp = draw(n, 1, 1, 1, high=0.15) * rng.choice(np.array([-1, 1], f32), (n, 1, 1, 3))
+    stripes = np.sin(2 * np.pi * freq * (x * np.cos(psi) + y * np.sin(psi)) + phase)
+    bg += amp * stripes[..., None]
+
+    # Shape: random centre, radius and rotation; the silhouette is tested in its own frame on
+    # an ss-times finer grid, and its coverage of each pixel becomes the blending weight.
+    radius = draw(n, low=0.24, high=0.4)
+    cx = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
+    cy = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
+    theta = draw(n, 1, 1, high=2 * np.pi)
+    xf, yf = grid(s * ss)
+    dx, dy = xf - cx, yf - cy
+    r = radius[:, None, None]
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / r
+    v = (dy * np.cos(theta) - dx * np.sin(theta)) / r
+    inside = np.zeros(u.shape, dtype=bool)
+    for k, name in enumerate(SHAPE_CLASSES):
+        idx = np.flatnonzero(labels == k)
+        if idx.size:
+            inside[idx] = _silhouette(name, u[idx], v[idx])
+    alpha = np.zeros((n, s, s), dtype=f32)
+    for i in range(ss):
+        for j in range(ss):
+            alpha += inside[:, i::ss, j::ss]
+    alpha = (alpha / ss**2)[..., None]
+
+    # Colour far enough from the mean background to stay visible.
+    colour = draw(n, 3)
+    mean_bg = bg.reshape(n, -1, 3).mean(1)
+    too_close = np.linalg.norm(colour - mean_bg, axis=1) < 0.6
+    colour[too_close] = np.where(mean_bg[too_close] > 0.5, 0.1, 0.9) * draw(
+        int(too_close.sum()), 3, low=0.6
+    )
+    img = bg + (colour[:, None, None] - bg) * alpha
+    noise_std = draw(n, 1, 1, 1, low=0.01, high=0.08)  # per-image pixel noise, [0, 1] units
+    img += noise_std * rng.standard_normal(img.shape, dtype=f32)
+    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_shapes(
+    n: int, img_size: int, seed: int, num_classes: int, split: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, split]))
+    # Exactly balanced classes (counts differ by at most one), in random order.
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    images = np.empty((n, img_size, img_size, 3), dtype=np.uint8)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        images[start:stop] = _draw_chunk(labels[start:stop], img_size, rng)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def generate_shapes(
+    n: int = 2000, img_size: int = 32, seed: int = 0, num_classes: int = 6, train: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate (or fetch from the in-memory cache) one split of the Shapes data.
+
+    Args:
+        n: number of images.
+        img_size: side in pixels (>= 8).
+        seed: base seed; the split uses the derived seed ``(seed, 0)`` (train) or
+            ``(seed, 1)`` (test).
+        num_classes: use the first ``num_classes`` entries of :data:`SHAPE_CLASSES` (2..6).
+        train: which split.
+
+    Returns:
+        ``(images, labels)``: read-only uint8 ``[n, img_size, img_size, 3]`` and int64 ``[n]``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Shapes: n={n!r} must be an int >= 1")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
+        raise ValueError(f"Shapes: img_size={img_size!r} must be an int >= 8 (pixels)")
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(
+            f"Shapes: num_classes={num_classes!r} must be an int in [2, {len(SHAPE_CLASSES)}]"
+        )
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"Shapes: seed={seed!r} must be an int >= 0")
+    return _cached_shapes(n, img_size, seed, num_classes, 0 if train else 1)
+
+
+class Shapes(Dataset):
+    """Synthetic coloured shapes on textured backgrounds, generated from a seed.
+
+    Args:
+        n: number of images in this split.
+        img_size: image side in pixels.
+        seed: base seed (train and test draw from different derived seeds).
+        num_classes: number of shape classes, 2..6 (the first entries of
+            :data:`SHAPE_CLASSES`).
+        train: ``True`` for the training split, ``False`` for the test split.
+        transform: applied to each image (a PIL image, or a uint8 tensor with ``as_tensor``).
+        as_tensor: return uint8 tensors ``[3, H, W]`` instead of PIL images.
+
+    Attributes:
+        data: uint8 array ``[n, H, W, 3]`` (the layout of torchvision's CIFAR10), this
+            instance's own copy.
+        targets: list of ``n`` int labels.
+        classes: class names, ``classes[label]``.
+
+    Items are ``(image, label)``.
+
+    Examples:
+        >>> train, test = Shapes(n=30, train=True), Shapes(n=30, train=False)
+        >>> bool((train.data == test.data).all())
+        False
+        >>> x, y = Shapes(n=10, as_tensor=True)[3]
+        >>> x.shape, x.dtype
+        (torch.Size([3, 32, 32]), torch.uint8)
+    """
+
+    def __init__(
+        self,
+        n: int = 2000,
+        img_size: int = 32,
+        seed: int = 0,
+        num_classes: int = len(SHAPE_CLASSES),
+        train: bool = True,
+        transform: Callable[[Any], Any] | None = None,
+        as_tensor: bool = False,
+    ) -> None:
+        images, labels = generate_shapes(n, img_size, seed, num_classes, train)
+        # A private, writable copy: the cached arrays stay pristine for the next instance.
+        self.data: np.ndarray = images.copy()
+        self.targets: list[int] = labels.tolist()
+        self.classes: list[str] = list(SHAPE_CLASSES[:num_classes])
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.img_size, self.seed, self.train = img_size, seed, train
+        self.transform = transform
+        self.as_tensor = as_tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        pixels = self.data[index]
+        img: Any
+        if self.as_tensor:
+            img = torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        else:
+            img = Image.fromarray(pixels)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        return (
+            f"Shapes(n={len(self)}, img_size={self.img_size}, seed={self.seed}, split={split}, "
+            f"classes={self.classes})"
+        )
