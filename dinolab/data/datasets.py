@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.utils import check_integrity as _md5_ok
 
-from dinolab.data.shapes import SHAPE_CLASSES, Shapes
+from dinolab.data.shapes import SHAPE_CLASSES, ArrayImageDataset, Shapes
 
 __all__ = [
     "CIFAR10",
@@ -76,7 +75,7 @@ def _missing_files_error(
     )
 
 
-class Digits(Dataset):
+class Digits(ArrayImageDataset):
     """scikit-learn's hand-written digits as RGB images, with a stratified split.
 
     The 1,797 grey 8x8 images (values 0..16) are scaled to 0..255, upscaled bilinearly to
@@ -140,20 +139,6 @@ class Digits(Dataset):
         self.train, self.img_size, self.seed = train, img_size, seed
         self.transform = transform
         self.as_tensor = as_tensor
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        pixels = self.data[index]
-        img: Any
-        if self.as_tensor:
-            img = torch.from_numpy(pixels.transpose(2, 0, 1).copy())
-        else:
-            img = Image.fromarray(pixels)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_CLASSES", "Shapes", "generate_shapes"]
+__all__ = ["SHAPE_CLASSES", "ArrayImageDataset", "Shapes", "generate_shapes"]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 
@@ -171,7 +171,35 @@ def generate_shapes(
     return _cached_shapes(n, img_size, seed, num_classes, 0 if train else 1)
 
 
-class Shapes(Dataset):
+class ArrayImageDataset(Dataset):
+    """An image data set held in memory as a uint8 array, laid out like torchvision's CIFAR10.
+
+    Subclasses fill ``data`` (``[n, H, W, 3]`` uint8), ``targets`` (``n`` int labels),
+    ``transform`` and ``as_tensor``. Items are ``(image, label)``: a PIL image, or a uint8
+    tensor ``[3, H, W]`` with ``as_tensor``, passed through ``transform`` when set.
+    """
+
+    data: np.ndarray
+    targets: list[int]
+    transform: Callable[[Any], Any] | None
+    as_tensor: bool
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        pixels = self.data[index]
+        img: Any
+        if self.as_tensor:
+            img = torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        else:
+            img = Image.fromarray(pixels)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+class Shapes(ArrayImageDataset):
     """Synthetic coloured shapes on textured backgrounds, generated from a seed.
 
     Args:
@@ -220,20 +248,6 @@ class Shapes(Dataset):
         self.img_size, self.seed, self.train = img_size, seed, train
         self.transform = transform
         self.as_tensor = as_tensor
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        pixels = self.data[index]
-        img: Any
-        if self.as_tensor:
-            img = torch.from_numpy(pixels.transpose(2, 0, 1).copy())
-        else:
-            img = Image.fromarray(pixels)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"
