@@ -1,8 +1,8 @@
 """Exponential moving averages of weights: the DINO / BYOL / MoCo teacher update.
 
 ``teacher <- m * teacher + (1 - m) * student`` for every floating parameter, applied in
-place with torch's multi-tensor (``_foreach``) kernels so a ViT-S with ~150 tensors costs two
-kernel launches per device and dtype group instead of ~300 Python-level operations.
+place with torch's multi-tensor ``_foreach_lerp_`` kernel: one fused pass per device and dtype
+group instead of ~450 small Python-level operations and temporaries for a ViT-S.
 
 Buffers (BatchNorm running statistics, position indices, ...) are NOT averaged by default.
 That is what official DINO does: its teacher runs its own forward passes in train mode and
@@ -105,8 +105,9 @@ def ema_update(
     if pairs:
         t_list = [t for t, _ in pairs]
         s_list = [s.detach() for _, s in pairs]
-        torch._foreach_mul_(t_list, m)
-        torch._foreach_add_(t_list, s_list, alpha=1.0 - m)
+        # lerp: t + (1 - m) * (s - t) == m * t + (1 - m) * s, in ONE pass over both tensors.
+        # On a CPU the update is memory-bound, so this beats mul_ then add_ (two passes).
+        torch._foreach_lerp_(t_list, s_list, 1.0 - m)
     if buffers == "keep":
         return
     t_bufs, s_bufs = _paired(
@@ -114,7 +115,7 @@ def ema_update(
     )
     for t, s in zip(t_bufs, s_bufs, strict=True):
         if buffers == "ema" and t.is_floating_point():
-            t.mul_(m).add_(s, alpha=1.0 - m)
+            t.lerp_(s, 1.0 - m)
         else:
             t.copy_(s)
 

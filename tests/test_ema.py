@@ -24,7 +24,8 @@ def test_ema_update_equals_formula_for_every_parameter():
     s = student.state_dict()
     for name, p in teacher.named_parameters():
         want = m * before[name] + (1 - m) * s[name]
-        torch.testing.assert_close(p, want, rtol=0, atol=1e-7)  # float32 rounding only
+        # lerp vs the formula: float32 rounding only (a few ulps).
+        torch.testing.assert_close(p, want, rtol=1e-6, atol=1e-7)
 
 
 def test_ema_update_builds_no_graph_and_keeps_requires_grad():
