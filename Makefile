@@ -40,3 +40,27 @@ bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes 
 clean:  ## remove caches and build outputs (keeps .venv/)
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+# --- exercises: learners grade themselves; instructors run nbgrader ----------------------------
+.PHONY: grade release check-release collect autograde feedback export
+EXERCISE ?= exercises
+grade:  ## grade your exercises: points and feedback (EXERCISE=exercises/04_1_centering for one)
+	$(PY) -m dinolab.grading $(EXERCISE)
+
+release:  ## instructor: regenerate exercises/ from solutions/ (nbgrader); OVERWRITES exercises/
+	$(PY) -m dinolab.grading.nbgrader_flow release $(ASSIGNMENT)
+
+check-release:  ## instructor: fail if exercises/ is not what solutions/ generates
+	$(PY) -m dinolab.grading.nbgrader_flow check-release
+
+collect:  ## instructor: SUBMISSIONS=dir/<student>/<assignment>/*.ipynb -> instructor/submitted/
+	$(PY) -m dinolab.grading.nbgrader_flow collect $(SUBMISSIONS) $(if $(ASSIGNMENT),--assignment $(ASSIGNMENT))
+
+autograde:  ## instructor: nbgrader autograde, hidden tests included
+	$(PY) -m dinolab.grading.nbgrader_flow autograde $(ASSIGNMENT)
+
+feedback:  ## instructor: HTML feedback in instructor/feedback/
+	$(PY) -m dinolab.grading.nbgrader_flow feedback $(ASSIGNMENT)
+
+export:  ## instructor: grades to instructor/grades.csv
+	$(PY) -m dinolab.grading.nbgrader_flow export

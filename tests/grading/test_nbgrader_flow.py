@@ -1,0 +1,130 @@
+"""dinolab.grading.nbgrader_flow: the instructor's flow with the real nbgrader, end to end.
+
+In a temporary course holding module 1's source: release, three submissions (the untouched
+release; the solutions filled in; the solutions with a kd_loss that passes the visible checks
+but not the hidden one), collect, autograde, feedback, export. The CSV must give 0, full marks,
+and full marks minus the cell whose hidden test fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dinolab.grading.nbgrader_flow import (
+    assignments,
+    autograde,
+    collect,
+    export,
+    feedback,
+    main,
+    release,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+AID = "01_3_contrastive_vs_distillation"
+NB = f"{AID}.ipynb"
+
+# Visible checks only use alpha=0.9; the hidden one uses alpha=0.3 (cell kd_loss_teacher_frozen).
+KD_LOSS_FIXED_ALPHA = '''def kd_loss(student_logits, teacher_logits, labels=None, T=4.0, alpha=0.9):
+    log_p_student = F.log_softmax(student_logits / T, dim=1)
+    p_teacher = F.softmax(teacher_logits.detach() / T, dim=1)
+    distill = F.kl_div(log_p_student, p_teacher, reduction="batchmean") * T * T
+    if labels is None:
+        return distill
+    return 0.9 * distill + 0.1 * F.cross_entropy(student_logits, labels)
+'''
+
+
+def _fill_in(release_nb: Path, source_nb: Path, target: Path,
+             override: dict[str, str] | None = None) -> None:
+    """The released notebook with each solution cell replaced by the source's (or override)."""
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source
+               for c in nbformat.read(source_nb, as_version=4).cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    answers.update(override or {})
+    nb = nbformat.read(release_nb, as_version=4)
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = answers[meta["grade_id"]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("course")
+    shutil.copytree(REPO / "solutions" / AID, root / "solutions" / AID)
+    assert release(course_root=root) == [AID]
+    released = root / "exercises" / AID / NB
+    source = root / "solutions" / AID / NB
+    inbox = root / "inbox"
+    (inbox / "alice").mkdir(parents=True)
+    shutil.copy(released, inbox / "alice" / NB)
+    _fill_in(released, source, inbox / "bob" / NB)
+    _fill_in(released, source, inbox / "carol" / NB, {"kd_loss": KD_LOSS_FIXED_ALPHA})
+    assert collect(inbox, assignment=AID, course_root=root) == [
+        ("alice", AID), ("bob", AID), ("carol", AID)]
+    assert autograde(course_root=root) == [AID]
+    assert feedback(course_root=root) == [AID]
+    export(course_root=root)
+    return root
+
+
+def test_release_writes_the_stubbed_notebook(course: Path) -> None:
+    released = (course / "exercises" / AID / NB).read_text()
+    assert "raise NotImplementedError()" in released and "BEGIN HIDDEN TESTS" not in released
+    assert (course / "exercises" / AID / "conftest.py").is_file()
+    assert (course / "instructor" / "gradebook.db").is_file()
+
+
+def test_grades_csv_has_zero_full_and_hidden_test_failure(course: Path) -> None:
+    with (course / "instructor" / "grades.csv").open() as fh:
+        rows = {r["student_id"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"alice", "bob", "carol"}
+    assert {r["assignment"] for r in rows.values()} == {AID}
+    assert all(float(r["max_score"]) == 17.0 for r in rows.values())
+    assert float(rows["alice"]["score"]) == 0.0        # the untouched release
+    assert float(rows["bob"]["score"]) == 17.0         # the solutions
+    assert float(rows["carol"]["score"]) == 16.0       # hidden alpha=0.3 check fails: -1 point
+
+
+def test_autograde_restores_hidden_tests(course: Path) -> None:
+    graded = nbformat.read(course / "instructor" / "autograded" / "carol" / AID / NB, 4)
+    cell = next(c for c in graded.cells
+                if c.metadata.get("nbgrader", {}).get("grade_id") == "kd_loss_teacher_frozen")
+    assert "alpha=0.3" in cell.source                  # hidden lines are back for grading
+    assert any(o.get("output_type") == "error" for o in cell.outputs)
+
+
+def test_feedback_is_written_per_student(course: Path) -> None:
+    for student in ("alice", "bob", "carol"):
+        html = course / "instructor" / "feedback" / student / AID / f"{AID}.html"
+        assert html.is_file() and html.stat().st_size > 1000
+
+
+def test_collect_validates_its_input(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "solutions" / AID, tmp_path / "solutions" / AID)
+    assert assignments(tmp_path) == [AID]
+    with pytest.raises(FileNotFoundError, match="submissions folder not found"):
+        collect(tmp_path / "missing", course_root=tmp_path)
+    (tmp_path / "inbox" / "dave" / "99_unknown").mkdir(parents=True)
+    (tmp_path / "inbox" / "dave" / "99_unknown" / "x.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match="'99_unknown' is not an assignment of this course"):
+        collect(tmp_path / "inbox", course_root=tmp_path)
+    with pytest.raises(ValueError, match="unknown assignment 'nope'"):
+        collect(tmp_path / "inbox", assignment="nope", course_root=tmp_path)
+    with pytest.raises(ValueError, match="no notebooks found"):
+        collect(tmp_path / "inbox", assignment=AID, course_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no solutions/ folder"):
+        assignments(tmp_path / "inbox")
+
+
+def test_main_reports_errors_without_a_traceback(tmp_path: Path, capsys) -> None:
+    assert main(["--course-root", str(tmp_path), "release"]) == 1
+    assert "no solutions/ folder" in capsys.readouterr().err
