@@ -33,6 +33,13 @@ pytest:  ## the test suite only
 
 test: lint pytest  ## ruff, then the whole test suite (what CI runs)
 
+.PHONY: lab course
+lab: $(PY)  ## JupyterLab on course/ (kernel "Python 3 (dinolab)")
+	env -u MPLBACKEND $(VENV)/bin/jupyter lab --ServerApp.root_dir=course
+
+course: $(PY)  ## run every lesson headless into build/course/ (notebooks + figures), a line per lesson
+	$(PY) -m dinolab.course_runner --course-dir course --out build/course
+
 bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) benchmarks/run.py
