@@ -1,0 +1,254 @@
+"""The ``dinolab`` command line: train the three recipes, evaluate checkpoints.
+
+::
+
+    dinolab train dino     [flags]   # self-distillation (official DINO's flag names)
+    dinolab train kd       [flags]   # TeacherNet -> StudentNet knowledge distillation
+    dinolab train distill  [flags]   # small ViT from a frozen teacher, five losses
+    dinolab eval knn       [flags]   # weighted k-NN on frozen features
+    dinolab eval linear    [flags]   # linear probe on frozen features
+    python -m dinolab ...            # the same
+    torchrun --nproc_per_node=2 -m dinolab train dino ...   # several processes / GPUs
+
+Every flag is a field of the recipe's config dataclass (:class:`~dinolab.train.recipes.
+DINOConfig`, ...) with the same name, default and help text, so the library and the command
+line cannot drift apart. ``dinolab train dino --help`` lists them.
+
+Exit codes: 0 success; 2 bad flags or bad input (argparse errors, invalid settings, missing
+or corrupt files), with a message naming the problem; 1 a run that failed while training
+(e.g. a NaN loss, whose message names the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser", "add_config_arguments", "bool_flag"]
+
+# Integer flags that must be at least 1; every other integer flag must be at least 0.
+_POSITIVE_INTS = {
+    "epochs",
+    "batch_size_per_gpu",
+    "patch_size",
+    "out_dim",
+    "head_hidden_dim",
+    "head_bottleneck_dim",
+    "global_crops_size",
+    "local_crops_size",
+    "num_images",
+    "num_eval_images",
+    "knn_k",
+    "eval_batch_size",
+    "img_size",
+    "teacher_width",
+    "student_width",
+    "teacher_patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "nb_knn",
+    "n_last_blocks",
+    "image_size",
+}
+
+
+def bool_flag(text: str) -> bool:
+    """Parse ``true/false``, ``1/0``, ``yes/no``, ``on/off`` (official DINO's ``bool_flag``)."""
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _int_type(name: str) -> Any:
+    minimum = 1 if name in _POSITIVE_INTS else 0
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+_float_type.__name__ = "number"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--<field>`` flag per field of the dataclass ``cls`` (help from its metadata).
+
+    Fields listed in ``cls.cli_exclude`` are left out. Booleans accept ``--flag`` (true) or
+    ``--flag false``; pairs take two numbers; ``int | None`` / ``str | None`` default to None.
+    """
+    hints = typing.get_type_hints(cls)
+    exclude = set(getattr(cls, "cli_exclude", ()))
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        meta = dict(f.metadata)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"default": default, "dest": f.name}
+        help_text = meta.get("help", "")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = (
+            next((a for a in args if a is not type(None)), hint)
+            if args and type(None) in args
+            else hint
+        )
+        origin = typing.get_origin(base)
+        if base is bool:
+            kw.update(type=bool_flag, nargs="?", const=True, metavar="BOOL")
+        elif origin is tuple:
+            elem = typing.get_args(base)[0]
+            is_var = typing.get_args(base)[-1] is Ellipsis
+            kw["nargs"] = meta.get("nargs", "+" if is_var else len(typing.get_args(base)))
+            kw["type"] = (
+                _float_type if elem is float else (_int_type(f.name) if elem is int else str)
+            )
+        elif base is int:
+            kw["type"] = _int_type(f.name)
+        elif base is float:
+            kw["type"] = _float_type
+        else:
+            kw["type"] = str
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        kw["help"] = f"{help_text} (default: {shown})".replace("%", "%%")
+        parser.add_argument(f"--{f.name}", **kw)
+
+
+def _recipes() -> dict[str, tuple[type, Any]]:
+    from dinolab.train.recipes import RECIPES
+
+    return RECIPES
+
+
+_DESCRIPTIONS = {
+    "dino": "Self-distillation with no labels (official DINO): a student learns to match an "
+    "EMA teacher across multi-crop views. Writes checkpoint.pth, JSON-lines logs and "
+    "plots to --output_dir; the defaults train the course ViT on the bundled shapes.",
+    "kd": "Knowledge distillation (seed 004, done soundly): train TeacherNet on labels, a "
+    "label-only StudentNet baseline, and StudentNets distilled with and without a "
+    "hard-label term, each with an EMA of its weights; writes results.md.",
+    "distill": "Distil a frozen teacher (a `dinolab train dino` checkpoint or an official "
+    "DINO/DINOv2 file) into a smaller ViT with DINO + iBOT + KoLeo + CLS-token + SPD "
+    "losses; linear probe at the end.",
+    "knn": "Weighted k-NN accuracy (official DINO's eval_knn) of a checkpoint's frozen features.",
+    "linear": "Linear-probe accuracy (official DINO's eval_linear) of a checkpoint's frozen "
+    "features.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``dinolab`` parser (sub-commands ``train <recipe>`` and ``eval <mode>``)."""
+    from dinolab import __version__
+    from dinolab.train.recipes.evaluate import EvalConfig
+
+    parser = argparse.ArgumentParser(
+        prog="dinolab",
+        description="Train and evaluate DINO-style self-supervised and distilled models.",
+        epilog="Run `dinolab train dino --help` for a recipe's flags. Several processes: "
+        "torchrun --nproc_per_node=N -m dinolab train dino ...",
+    )
+    parser.add_argument("--version", action="version", version=f"dinolab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval}")
+    train = commands.add_parser(
+        "train", help="train a recipe: dino, kd or distill", description="Train one of the recipes."
+    )
+    recipes = train.add_subparsers(dest="recipe", required=True, metavar="{dino,kd,distill}")
+    for name, (cls, _) in _recipes().items():
+        sub = recipes.add_parser(
+            name, help=_DESCRIPTIONS[name].split(":")[0], description=_DESCRIPTIONS[name]
+        )
+        add_config_arguments(sub, cls)
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint: knn or linear",
+        description="Evaluate a checkpoint's frozen features.",
+    )
+    modes = evaluate.add_subparsers(dest="mode", required=True, metavar="{knn,linear}")
+    for name in ("knn", "linear"):
+        sub = modes.add_parser(name, help=_DESCRIPTIONS[name], description=_DESCRIPTIONS[name])
+        add_config_arguments(sub, EvalConfig)
+    return parser
+
+
+def _to_config(cls: type, namespace: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {
+        k: (tuple(v) if isinstance(v, list) else v)
+        for k, v in vars(namespace).items()
+        if k in names
+    }
+    return cls(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dinolab`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dinolab.train import distributed as du
+    from dinolab.train.engine import NonFiniteLossError
+
+    try:
+        if args.command == "train":
+            cls, train_fn = _recipes()[args.recipe]
+            result = train_fn(_to_config(cls, args))
+        else:
+            from dinolab.train.recipes.evaluate import EvalConfig, eval_knn, eval_linear
+
+            cfg = _to_config(EvalConfig, args)
+            result = eval_knn(cfg) if args.mode == "knn" else eval_linear(cfg)
+        if du.is_main_process():
+            _print_result(result)
+        return 0
+    except NonFiniteLossError as err:
+        print(f"dinolab: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dinolab: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        du.cleanup()
+
+
+def _print_result(result: Any) -> None:
+    import json
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 4)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    print(json.dumps(plain(result), indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

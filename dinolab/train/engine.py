@@ -1,0 +1,832 @@
+"""One training engine for every dinolab recipe (``dino``, ``kd``, ``distill``).
+
+The engine owns everything a recipe should not have to repeat: the process group and DDP,
+the data loader and its sampler, the optimiser and its per-iteration learning-rate and
+weight-decay schedules, mixed precision, gradient clipping, freezing the head's last layer
+early on, NaN/Inf detection, checkpoints and ``--resume``, progress bars, JSON-lines metrics
+and the plots. A recipe is a :class:`Task` (what one training step computes, what is
+evaluated each epoch, what goes into a checkpoint) plus a :class:`TrainConfig`.
+
+One iteration follows official DINO's ``train_one_epoch`` order:
+
+1. set the learning rate of every parameter group and the weight decay of group 0
+   (the regularised one) from their per-iteration cosine schedules;
+2. forward passes and loss (:meth:`Task.training_step`), under autocast when asked;
+3. stop if the loss is NaN or Inf, naming the step;
+4. backward; per-parameter gradient clipping; last-layer gradients dropped while
+   ``epoch < freeze_last_layer``; optimiser step;
+5. :meth:`Task.after_optimizer_step` (the EMA teacher update).
+
+Reproducibility. Every sample's augmentation is drawn from a generator seeded by
+``(seed, epoch, index)`` (:class:`SeededTransform`) and the order of samples comes from a
+:class:`~torch.utils.data.DistributedSampler` seeded by ``seed + epoch``. Neither depends on
+the number of processes, the number of loader workers or what ran before, so a run resumed
+from its last checkpoint continues exactly as the uninterrupted run would have, and N
+processes with ``batch_size_per_gpu = B / N`` see the same global batches as one process
+with batch ``B``.
+
+Examples:
+    A recipe in a few lines (see :mod:`dinolab.train.recipes` for the real ones)::
+
+        task = MyTask(student=model)             # a Task subclass
+        engine = Engine(task, train_set, TrainConfig(epochs=5, output_dir="out"))
+        summary = engine.fit()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dinolab.ema import unwrap_model
+from dinolab.schedules import cosine_schedule
+from dinolab.train import distributed as du
+from dinolab.train.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    plain_config,
+    save_checkpoint,
+    set_rng_state,
+)
+
+__all__ = [
+    "TrainConfig",
+    "StepContext",
+    "Task",
+    "Engine",
+    "NonFiniteLossError",
+    "SeededTransform",
+    "get_params_groups",
+    "clip_gradients",
+    "cancel_gradients_last_layer",
+    "fix_random_seeds",
+    "resolve_device",
+    "autocast_context",
+]
+
+CHECKPOINT_NAME = "checkpoint.pth"
+STEP_LOG = "log_steps.jsonl"
+EPOCH_LOG = "log_epochs.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or Inf; the message names the step."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Settings every recipe shares; names and meanings follow official DINO's flags.
+
+    Recipes subclass it with their own fields and defaults. Each field's ``help`` metadata is
+    the command line's help text (:mod:`dinolab.cli` builds the parser from these fields).
+    """
+
+    output_dir: str = field(
+        default="runs/run",
+        metadata=_help(
+            "Directory for checkpoint.pth, log_steps.jsonl, log_epochs.jsonl and the PNG plots. "
+            "Use a new one per run; --resume continues the run found there."
+        ),
+    )
+    epochs: int = field(
+        default=10,
+        metadata=_help(
+            "Number of training epochs. Schedules (lr, weight decay, momentum) span all of them, "
+            "so changing it changes every step, not only the length."
+        ),
+    )
+    batch_size_per_gpu: int = field(
+        default=64,
+        metadata=_help(
+            "Images per process and step (the global batch is this times the number of "
+            "processes). Lower it if memory runs out; the lr is scaled with the global batch."
+        ),
+    )
+    lr: float = field(
+        default=5e-4,
+        metadata=_help(
+            "Peak learning rate at the end of warm-up, for a global batch of 256: the rate used "
+            "is lr * global_batch / 256 (linear scaling rule) when the recipe scales it."
+        ),
+    )
+    min_lr: float = field(
+        default=1e-6,
+        metadata=_help("Learning rate the cosine schedule decays towards by the last step."),
+    )
+    warmup_epochs: int = field(
+        default=2,
+        metadata=_help(
+            "Epochs of linear learning-rate warm-up from 0 (official DINO: 10 of 100). Raise it "
+            "if the loss spikes early."
+        ),
+    )
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "Optimiser: adamw (DINO's choice for ViTs) or sgd (momentum 0.9).",
+            "choices": ("adamw", "sgd"),
+        },
+    )
+    weight_decay: float = field(
+        default=0.04,
+        metadata=_help("Initial weight decay; never applied to biases or 1-D parameters (norms)."),
+    )
+    weight_decay_end: float = field(
+        default=0.4,
+        metadata=_help("Final weight decay of the cosine schedule (official DINO: 0.04 -> 0.4)."),
+    )
+    clip_grad: float = field(
+        default=3.0,
+        metadata=_help(
+            "Maximal L2 norm of each parameter's gradient (per-parameter clipping as official "
+            "DINO); 0 disables clipping."
+        ),
+    )
+    freeze_last_layer: int = field(
+        default=1,
+        metadata=_help(
+            "Epochs during which the head's last layer receives no update; freezing it "
+            "early helps training; raise it if the loss does not go down."
+        ),
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "Numeric precision: fp32, bf16 (autocast, CPUs and GPUs that support it) or "
+            "fp16 (CUDA only, autocast with a gradient scaler).",
+            "choices": ("fp32", "bf16", "fp16"),
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "Random seed for initialisation, data order and augmentations; a run is repeatable "
+            "for a given seed and number of processes."
+        ),
+    )
+    num_workers: int = field(
+        default=0,
+        metadata=_help(
+            "Data-loader worker processes per training process. 0 loads in the main process "
+            "(best on a 2-core laptop); raise it on machines with spare cores."
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_help(
+            "cpu, cuda, or auto (CUDA when available). Under torchrun each process uses GPU "
+            "LOCAL_RANK."
+        ),
+    )
+    saveckp_freq: int = field(
+        default=0,
+        metadata=_help(
+            "Also keep checkpoint{epoch:04}.pth every this many epochs (0: only the latest "
+            "checkpoint.pth, which is rewritten after every epoch)."
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_help(
+            "Continue the run in --output_dir from its checkpoint.pth (it must exist). Without "
+            "it, a run refuses to overwrite an existing checkpoint."
+        ),
+    )
+    progress: bool = field(
+        default=True,
+        metadata=_help("Show tqdm progress bars (--no-progress to hide them, e.g. in logs)."),
+    )
+    plots: bool = field(
+        default=True, metadata=_help("Write the PNG plots into --output_dir at the end of the run.")
+    )
+
+
+@dataclass
+class StepContext:
+    """What :meth:`Task.training_step` may need to know about the current iteration."""
+
+    epoch: int  # 0-based epoch
+    it: int  # global iteration, epoch * niter_per_ep + batch index
+    batch_index: int
+    niter_per_ep: int
+    epochs: int
+    student: nn.Module  # the student as it must be called: DDP-wrapped under torchrun
+    device: torch.device
+    lr: float
+    wd: float
+
+
+class Task:
+    """What a recipe defines: models, one training step, evaluation and checkpoint state.
+
+    Subclasses set ``self.student`` (the module the optimiser trains) and override
+    :meth:`training_step`; the other hooks have sensible defaults.
+    """
+
+    name: str = "task"
+    student: nn.Module
+    # Scale the lr with the global batch (lr * batch / 256) as DINO does.
+    scale_lr: bool = True
+
+    def setup(self, epochs: int, niter_per_ep: int, device: torch.device) -> None:
+        """Called once before training with the run's length; move extra modules here."""
+
+    def modules_to_device(self, device: torch.device) -> None:
+        """Move every module the task owns to ``device`` (default: the student)."""
+        self.student.to(device)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: group 0 is decayed, group 1 (biases, norms) is not."""
+        return get_params_groups(self.student)
+
+    def train_mode(self) -> None:
+        """Put the models in the mode training needs (called every epoch, after evaluation)."""
+        self.student.train()
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the scalar loss to minimise and metrics to log for this step."""
+        raise TypeError(f"{type(self).__name__} must override Task.training_step")
+
+    def after_optimizer_step(self, ctx: StepContext) -> dict[str, float]:
+        """Called after ``optimizer.step()`` (EMA updates); returns metrics to log."""
+        return {}
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Evaluate after an epoch (rank 0 only); return metrics to log. Default: nothing."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint entries; keys follow official DINO (student, teacher, dino_loss)."""
+        return {"student": unwrap_model(self.student).state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        unwrap_model(self.student).load_state_dict(state["student"])
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def fix_random_seeds(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; refuses ``cuda`` without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+    return dev
+
+
+def autocast_context(
+    precision: str, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for ``bf16``/``fp16``; a null context for ``fp32``.
+
+    Raises:
+        ValueError: an unknown precision, ``fp16`` off CUDA, or ``bf16`` on a GPU without it.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                "precision 'bf16': this GPU does not support bfloat16; use fp16 or fp32"
+            )
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(
+                "precision 'fp16' needs CUDA (a gradient scaler on GPU); on CPU use bf16 or fp32"
+            )
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+
+
+def get_params_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Two optimiser groups as official DINO: decayed weights, then biases and 1-D parameters.
+
+    Parameters that do not require gradients (a frozen ``weight_g``) are left out. The
+    position embedding and CLS token are matrices / 3-D tensors and so ARE decayed, as in
+    the official code.
+
+    Returns:
+        ``[{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]``.
+    """
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias") or param.ndim <= 1:
+            not_regularized.append(param)
+        else:
+            regularized.append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clip_gradients(model: nn.Module, clip: float) -> list[float]:
+    """Clip each parameter's gradient to L2 norm ``clip``, separately (official DINO).
+
+    ``g <- g * clip / (||g|| + 1e-6)`` where ``||g|| > clip``; gradients below the bound
+    are left bit-for-bit unchanged. DINOv2 clips the global norm instead.
+
+    Returns:
+        The gradient norms before clipping, one per parameter with a gradient.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return []
+    norms = torch._foreach_norm(grads, 2.0)
+    coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
+    # Multiplying by exactly 1.0 leaves the small gradients unchanged, as the official `if`.
+    torch._foreach_mul_(grads, coefs)
+    return [float(n) for n in norms]
+
+
+def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
+    """Drop the gradient of every ``last_layer`` parameter while ``epoch < freeze_last_layer``."""
+    if epoch >= freeze_last_layer:
+        return
+    for name, param in model.named_parameters():
+        if "last_layer" in name:
+            param.grad = None
+
+
+class SeededTransform(Dataset):
+    """Apply ``transform`` to each sample with a generator seeded by ``(seed, epoch, index)``.
+
+    The augmentation of a sample therefore depends only on those three numbers: not on the
+    number of processes or loader workers, nor on what ran before (so ``--resume`` repeats
+    exactly what the interrupted run would have drawn). Python's, NumPy's and torch's global
+    generators are restored afterwards.
+
+    Args:
+        dataset: yields ``(image, label)`` pairs.
+        transform: callable on the image, e.g. a multi-crop augmentation returning a list of
+            crops; ``None`` passes the image through.
+        seed: run seed.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any] | None, seed: int) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for a new epoch (the engine calls it)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.dataset[index]
+        if self.transform is None:
+            return image, label
+        s1, s2, s3 = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(3)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(s1))
+                random.seed(int(s2))
+                np.random.seed(int(s3))
+                out = self.transform(image)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        return out, label
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+    return records
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class Engine:
+    """Train a :class:`Task` on a data set with the settings of a :class:`TrainConfig`.
+
+    Args:
+        task: the recipe's task, already built (models on the CPU are fine).
+        train_set: yields what ``collate_fn`` batches; wrap augmentations in
+            :class:`SeededTransform` for exact resumes (the engine calls ``set_epoch``).
+        config: the run's settings.
+        collate_fn: the loader's collate function (e.g. the multi-crop collate).
+        callbacks: called as ``callback(engine, record)`` after every step with that step's
+            metrics record; a callback may raise to stop the run (tests use it to simulate
+            an interruption).
+
+    Attributes after :meth:`fit`: ``history`` (per-epoch records), ``output_dir``.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        train_set: Dataset,
+        config: TrainConfig,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        callbacks: Sequence[Callable[[Engine, dict[str, Any]], None]] = (),
+    ) -> None:
+        self._check_config(config)
+        self.task = task
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.dist = du.init_distributed(resolve_device(config.device))
+        self.device = self.dist.device
+        autocast_context(config.precision, self.device)  # validate early
+        self.is_main = self.dist.rank == 0
+        self.output_dir = Path(config.output_dir)
+        self.train_set = train_set
+        self.sampler = du.make_sampler(train_set, shuffle=True, seed=config.seed)
+        self.loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size_per_gpu,
+            sampler=self.sampler,
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            collate_fn=collate_fn,
+            persistent_workers=False,
+        )
+        self.niter_per_ep = len(self.loader)
+        if self.niter_per_ep == 0:
+            raise ValueError(
+                f"Engine: the training set has {len(train_set)} samples "  # type: ignore[arg-type]
+                f"({len(self.sampler)} for this process), fewer than one batch of "
+                f"batch_size_per_gpu={config.batch_size_per_gpu}; lower --batch_size_per_gpu"
+            )
+        self.total_steps = config.epochs * self.niter_per_ep
+
+        # Models were built from the same seed on every rank; from here on each rank draws
+        # its own stream (drop-path masks), still repeatable for a given seed and rank.
+        torch.manual_seed(config.seed + 1000 * self.dist.rank + 1)
+        task.modules_to_device(self.device)
+        task.setup(config.epochs, self.niter_per_ep, self.device)
+        self.student = task.student
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.student = nn.parallel.DistributedDataParallel(task.student, device_ids=ids)
+
+        groups = task.param_groups()
+        if config.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=0.9)
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+
+        global_batch = config.batch_size_per_gpu * self.dist.world_size
+        base_lr = config.lr * global_batch / 256.0 if task.scale_lr else config.lr
+        self.lr_schedule = cosine_schedule(
+            base_lr,
+            config.min_lr,
+            config.epochs,
+            self.niter_per_ep,
+            warmup_epochs=config.warmup_epochs,
+        )
+        self.wd_schedule = cosine_schedule(
+            config.weight_decay, config.weight_decay_end, config.epochs, self.niter_per_ep
+        )
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
+
+    # ----------------------------------------------------------------- checks and state
+
+    @staticmethod
+    def _check_config(config: TrainConfig) -> None:
+        positive = {"epochs": config.epochs, "batch_size_per_gpu": config.batch_size_per_gpu}
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= config.warmup_epochs <= config.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs={config.epochs}], got "
+                f"{config.warmup_epochs!r}"
+            )
+        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+            value = getattr(config, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if config.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+        if config.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {config.num_workers!r}")
+
+    def state_dict(self, epoch_done: int) -> dict[str, Any]:
+        """The checkpoint after ``epoch_done`` full epochs (``epoch`` is the next to run)."""
+        rng = [get_rng_state()]
+        if self.dist.distributed:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        state = dict(self.task.state_dict())
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            fp16_scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            epoch=epoch_done,
+            step=epoch_done * self.niter_per_ep,
+            rng=rng,
+            args=plain_config(asdict(self.config)),
+            recipe=self.task.name,
+            world_size=self.dist.world_size,
+        )
+        return state
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if ckpt.get("recipe") not in (None, self.task.name):
+            raise ValueError(
+                f"--resume: {str(self.checkpoint_path)!r} was written by the "
+                f"{ckpt.get('recipe')!r} recipe, not {self.task.name!r}"
+            )
+        self.task.load_state_dict(ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("fp16_scaler"):
+            self.scaler.load_state_dict(ckpt["fp16_scaler"])
+        rng = ckpt.get("rng") or []
+        if rng:
+            set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
+        self.start_epoch = int(ckpt["epoch"])
+        saved = ckpt.get("args", {})
+        changed = {
+            k: (saved[k], v)
+            for k, v in plain_config(asdict(self.config)).items()
+            if k in saved and saved[k] != v and k not in ("resume", "progress", "plots")
+        }
+        if changed and self.is_main:
+            tqdm.write(f"resume: settings differ from the checkpoint (saved, now): {changed}")
+        if self.is_main:
+            # Forget log lines written after the checkpoint: they are about to be redone.
+            step0 = self.start_epoch * self.niter_per_ep
+            for name, key, limit in (
+                (STEP_LOG, "it", step0),
+                (EPOCH_LOG, "epoch", self.start_epoch),
+            ):
+                path = self.output_dir / name
+                kept = [r for r in _read_jsonl(path) if int(r.get(key, -1)) < limit]
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.history = _read_jsonl(self.output_dir / EPOCH_LOG)
+
+    @torch.no_grad()
+    def _rank_weight_spread(self) -> float:
+        """Largest difference between ranks of the checkpointed weights' checksums.
+
+        Every rank must hold the same student (DDP) and teacher (EMA of identical students);
+        0.0 confirms it. Each entry of ``task.state_dict()`` that is a state dict contributes
+        the float64 sum of its floating tensors.
+        """
+        sums = []
+        for value in self.task.state_dict().values():
+            if isinstance(value, Mapping):
+                sums.append(
+                    sum(
+                        float(t.double().sum())
+                        for t in value.values()
+                        if isinstance(t, torch.Tensor) and t.is_floating_point()
+                    )
+                )
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, sums)
+        return max(
+            abs(a - b) for other in gathered for a, b in zip(gathered[0], other, strict=True)
+        )
+
+    def _write(self, name: str, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.output_dir / name, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------- training
+
+    def fit(self) -> dict[str, Any]:
+        """Run (or continue) training; return the last epoch's record.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN or Inf (the checkpoint of the last
+                finished epoch is left as it was).
+            FileNotFoundError: ``resume`` was asked but there is no checkpoint.
+            ValueError: ``output_dir`` already holds a checkpoint and ``resume`` is off, or
+                the checkpoint is corrupt or foreign.
+        """
+        cfg = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        du.barrier()
+        if cfg.resume:
+            if not self.checkpoint_path.is_file():
+                raise FileNotFoundError(
+                    f"--resume: no checkpoint at {str(self.checkpoint_path)!r}; run once "
+                    "without --resume to start this run"
+                )
+            self._resume()
+        elif self.checkpoint_path.exists():
+            raise ValueError(
+                f"{str(self.checkpoint_path)!r} already exists; pass --resume to continue that "
+                "run or choose another --output_dir"
+            )
+        elif self.is_main:
+            for name in (STEP_LOG, EPOCH_LOG):
+                (self.output_dir / name).unlink(missing_ok=True)
+            (self.output_dir / "config.json").write_text(
+                json.dumps(plain_config(asdict(cfg)), indent=2) + "\n"
+            )
+        du.barrier()
+
+        show = cfg.progress and self.is_main
+        if show:
+            tqdm.write(
+                f"{self.task.name}: {len(self.train_set)} images, {self.niter_per_ep} steps per "  # type: ignore[arg-type]
+                f"epoch x {cfg.epochs} epochs, global batch "
+                f"{cfg.batch_size_per_gpu * self.dist.world_size}, peak lr "
+                f"{self.lr_schedule.max():.3g}, {self.dist.world_size} process(es) on "
+                f"{self.device}; writing to {self.output_dir}"
+                + (f" (resumed at epoch {self.start_epoch})" if self.start_epoch else "")
+            )
+        record: dict[str, Any] = self.history[-1] if self.history else {}
+        epochs_bar = tqdm(
+            range(self.start_epoch, cfg.epochs),
+            desc=f"{self.task.name} epochs",
+            disable=not show,
+            initial=self.start_epoch,
+            total=cfg.epochs,
+        )
+        try:
+            for epoch in epochs_bar:
+                record = self._train_one_epoch(epoch, show)
+                self.task.student.eval()
+                if self.is_main:
+                    with torch.no_grad():
+                        record.update(self.task.evaluate(epoch))
+                self.task.train_mode()
+                if self.dist.distributed:
+                    record["rank_weight_spread"] = self._rank_weight_spread()
+                du.barrier()
+                state = self.state_dict(epoch + 1)  # collective on every rank
+                if self.is_main:
+                    save_checkpoint(self.checkpoint_path, state)
+                    if cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0:
+                        save_checkpoint(self.output_dir / f"checkpoint{epoch:04d}.pth", state)
+                    self._write(EPOCH_LOG, record)
+                    self.history.append(record)
+                    epochs_bar.set_postfix(
+                        {k: f"{v:.4g}" for k, v in record.items() if isinstance(v, float)},
+                        refresh=False,
+                    )
+                du.barrier()
+        finally:
+            epochs_bar.close()
+            if cfg.plots and self.is_main:
+                self._plot()
+        return record
+
+    def _train_one_epoch(self, epoch: int, show: bool) -> dict[str, Any]:
+        cfg = self.config
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.task.train_mode()
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not show,
+            total=self.niter_per_ep,
+        )
+        for i, batch in enumerate(bar):
+            it = epoch * self.niter_per_ep + i
+            step_start = time.perf_counter()
+            metrics = self.train_step(batch, epoch, i, it)
+            metrics["step_time_s"] = time.perf_counter() - step_start
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            record = {
+                "epoch": epoch,
+                "it": it,
+                **{k: _finite_or_none(v) for k, v in metrics.items()},
+            }
+            self._write(STEP_LOG, record)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+            for callback in self.callbacks:
+                callback(self, record)
+        bar.close()
+        means = {f"train_{k}": v / self.niter_per_ep for k, v in sums.items()}
+        return {
+            "epoch": epoch,
+            "it": (epoch + 1) * self.niter_per_ep,
+            "epoch_time_s": time.perf_counter() - start,
+            **means,
+        }
+
+    def train_step(self, batch: Any, epoch: int, i: int, it: int) -> dict[str, float]:
+        """One iteration on ``batch`` (batch ``i`` of ``epoch``, global iteration ``it``).
+
+        Sets lr / weight decay, runs the task's forward and loss, checks the loss is finite,
+        back-propagates, clips, drops frozen last-layer gradients, steps the optimiser and
+        calls :meth:`Task.after_optimizer_step`. Returns the step's metrics (``loss``, ``lr``,
+        ``wd`` and the task's).
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or Inf (nothing was updated).
+        """
+        cfg = self.config
+        lr, wd = float(self.lr_schedule[it]), float(self.wd_schedule[it])
+        for g, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = lr
+            if g == 0:  # only the regularised group is decayed
+                group["weight_decay"] = wd
+        ctx = StepContext(
+            epoch=epoch,
+            it=it,
+            batch_index=i,
+            niter_per_ep=self.niter_per_ep,
+            epochs=cfg.epochs,
+            student=self.student,
+            device=self.device,
+            lr=lr,
+            wd=wd,
+        )
+        with autocast_context(cfg.precision, self.device):
+            loss, metrics = self.task.training_step(batch, ctx)
+        loss_value = du.all_reduce_mean(loss.detach().float())
+        if not math.isfinite(loss_value):
+            where = f"step {it} (epoch {epoch + 1}/{cfg.epochs}, batch {i + 1}/{self.niter_per_ep})"
+            kept = (
+                f"the last good checkpoint, {str(self.checkpoint_path)!r}, was left as it was"
+                if self.checkpoint_path.is_file()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"training stopped: the loss is {loss_value} at {where}; {kept}. Lower --lr, "
+                "lengthen --warmup_epochs, keep --clip_grad on, or check the data for NaNs."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        student = self.task.student
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad:
+            clip_gradients(student, cfg.clip_grad)
+        cancel_gradients_last_layer(epoch, student, cfg.freeze_last_layer)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with torch.no_grad():
+            metrics = {**metrics, **self.task.after_optimizer_step(ctx)}
+        return {"loss": loss_value, "lr": lr, "wd": wd, **{k: float(v) for k, v in metrics.items()}}
+
+    def _plot(self) -> None:
+        from dinolab.train.plots import plot_run
+
+        try:
+            plot_run(self.output_dir, title=self.task.name)
+        except Exception as err:  # a plotting failure must never lose a finished run
+            tqdm.write(f"warning: could not write the plots to {self.output_dir}: {err!r}")

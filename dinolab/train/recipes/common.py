@@ -1,0 +1,297 @@
+"""Pieces the self-supervised recipes share: data settings and sets, k-NN evaluation.
+
+``dino`` and ``distill`` train on unlabelled images and are judged by a weighted k-NN
+classifier on frozen features (official DINO's protocol), so both need the same three data
+sets: the multi-crop training set, and a labelled "memory bank" and query set for the k-NN.
+By default those come from the bundled synthetic :class:`~dinolab.data.Shapes` (no download);
+``--data_path`` switches to an image folder (``root/<class>/<image>``, torchvision's
+ImageFolder layout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dinolab.train.engine import SeededTransform, TrainConfig
+
+__all__ = [
+    "SSLConfig",
+    "SSLData",
+    "build_ssl_data",
+    "knn_evaluate",
+    "pixel_features",
+]
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class SSLConfig(TrainConfig):
+    """Data and multi-crop settings shared by the ``dino`` and ``distill`` recipes."""
+
+    dataset: str = field(
+        default="shapes",
+        metadata=_help(
+            "Training images: shapes (bundled synthetic shapes, offline), digits (bundled), "
+            "cifar10 or stl10 (torchvision files under --data_path), or imagefolder (--data_path "
+            "holds <class>/<image> folders, or train/ and val/ trees). With --data_path and the "
+            "default shapes, imagefolder is used.",
+            choices=("shapes", "digits", "cifar10", "stl10", "imagefolder"),
+        ),
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Image folder to train on, laid out as root/<class>/<image> (torchvision ImageFolder; "
+            "class names are used only by the k-NN evaluation). Default: none, use --dataset."
+        ),
+    )
+    val_data_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Labelled image folder for the k-NN evaluation's queries. Default: with --data_path, "
+            "every 5th image of the training folder; with shapes, a separate test split."
+        ),
+    )
+    num_images: int = field(
+        default=2000,
+        metadata=_help(
+            "Number of synthetic training images (shapes only). More images take longer per "
+            "epoch but overfit less."
+        ),
+    )
+    num_eval_images: int = field(
+        default=1000,
+        metadata=_help("Number of synthetic test images for the k-NN evaluation (shapes only)."),
+    )
+    num_classes: int = field(
+        default=6,
+        metadata=_help(
+            "Shape classes (shapes only, 2..6); used only to score the k-NN evaluation."
+        ),
+    )
+    global_crops_scale: tuple[float, float] = field(
+        default=(0.4, 1.0),
+        metadata=_help(
+            "Area range (fractions of the image) of the two global crops, as official DINO. "
+            "Lower the minimum for stronger augmentation."
+        ),
+    )
+    local_crops_scale: tuple[float, float] = field(
+        default=(0.05, 0.4),
+        metadata=_help(
+            "Area range of each local crop. Its maximum should stay below the global minimum."
+        ),
+    )
+    local_crops_number: int = field(
+        default=6,
+        metadata=_help(
+            "Number of small local crops per image (official DINO: 8). 0 disables multi-crop; "
+            "each local crop adds a student forward pass."
+        ),
+    )
+    global_crops_size: int = field(
+        default=32,
+        metadata=_help(
+            "Side of a global crop in pixels (official: 224). Must be a multiple of --patch_size; "
+            "the ViT learns its position embeddings at this size."
+        ),
+    )
+    local_crops_size: int = field(
+        default=16,
+        metadata=_help(
+            "Side of a local crop in pixels (official: 96). A multiple of --patch_size."
+        ),
+    )
+    knn_k: int = field(
+        default=20,
+        metadata=_help(
+            "Neighbours of the weighted k-NN evaluation run after every epoch (official: 20)."
+        ),
+    )
+    knn_temperature: float = field(
+        default=0.07,
+        metadata=_help(
+            "Temperature of the k-NN vote weights exp(similarity / T) (official: 0.07)."
+        ),
+    )
+    eval_batch_size: int = field(
+        default=256,
+        metadata=_help("Images per forward pass when extracting features for evaluation."),
+    )
+
+
+@dataclass
+class SSLData:
+    """The data of a self-supervised run."""
+
+    train_set: SeededTransform  # multi-crop views of the training images
+    knn_train: Dataset  # labelled memory bank, eval transform
+    knn_test: Dataset  # labelled queries, eval transform
+    num_classes: int
+
+
+def _shapes_eval_transform() -> Any:
+    from dinolab.data.multicrop import IMAGENET_MEAN, IMAGENET_STD, to_image_tensor
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def transform(image: Any) -> torch.Tensor:
+        x = to_image_tensor(image)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return (x - mean) / std
+
+    return transform
+
+
+class _WithTransform(Dataset):
+    """A view of ``dataset`` whose images go through ``transform``."""
+
+    def __init__(self, dataset: Dataset, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def _labelled(dataset: Dataset) -> Dataset:
+    """Guard that a data set yields (image, label) pairs with a ``classes`` list."""
+    if not hasattr(dataset, "classes"):
+        raise ValueError(f"{type(dataset).__name__} has no 'classes'; the k-NN needs labels")
+    return dataset
+
+
+def build_ssl_data(cfg: SSLConfig) -> SSLData:
+    """Multi-crop training set and labelled k-NN sets, from :func:`dinolab.data.build_dataset`.
+
+    The k-NN memory bank is the training split seen through the evaluation transform; the
+    queries are the test split (``shapes``, ``digits``, ``cifar10``, ``stl10``, an
+    ``imagefolder`` with ``train/`` and ``val/``), ``--val_data_path``, or else every 5th image
+    of a plain class-folder tree (those images are then left out of the memory bank).
+
+    Raises:
+        ValueError: crop sizes that are not multiples of the patch size, bad scales.
+        FileNotFoundError: the data are not where ``data_path`` says.
+    """
+    from dinolab.data import MultiCropAugmentation, build_dataset, eval_transform
+
+    patch = int(getattr(cfg, "patch_size", 1) or 1)
+    for name in ("global_crops_size", "local_crops_size"):
+        size = getattr(cfg, name)
+        if size < patch or size % patch:
+            raise ValueError(f"{name}={size} must be a positive multiple of --patch_size={patch}")
+    augmentation = MultiCropAugmentation(
+        global_crops_scale=tuple(cfg.global_crops_scale),
+        local_crops_scale=tuple(cfg.local_crops_scale),
+        local_crops_number=cfg.local_crops_number,
+        global_crops_size=cfg.global_crops_size,
+        local_crops_size=cfg.local_crops_size,
+    )
+    name = cfg.dataset
+    if cfg.data_path and name == "shapes":
+        name = "imagefolder"
+    if name in ("cifar10", "stl10", "imagefolder") and not cfg.data_path:
+        raise ValueError(f"--dataset {name} needs --data_path (the folder that holds the data)")
+    size = cfg.global_crops_size
+    if name in ("shapes", "digits"):
+        kw: dict[str, Any] = {"img_size": size, "seed": cfg.seed, "as_tensor": True}
+        if name == "shapes":
+            kw["num_classes"] = cfg.num_classes
+        train_images = (
+            build_dataset(name, train=True, n=cfg.num_images, **kw)
+            if name == "shapes"
+            else build_dataset(name, train=True, **kw)
+        )
+        test_images = (
+            build_dataset(name, train=False, n=cfg.num_eval_images, **kw)
+            if name == "shapes"
+            else build_dataset(name, train=False, **kw)
+        )
+        to_eval = _shapes_eval_transform()
+        knn_train: Dataset = _WithTransform(train_images, to_eval)
+        knn_test: Dataset = _WithTransform(test_images, to_eval)
+    else:
+        root = Path(cfg.data_path or "")
+        train_images = _labelled(build_dataset(name, root=root, train=True))
+        to_eval = eval_transform(size)
+        if cfg.val_data_path:
+            knn_train = _WithTransform(train_images, to_eval)
+            knn_test = _WithTransform(
+                _labelled(build_dataset("imagefolder", root=cfg.val_data_path, train=True)), to_eval
+            )
+        elif name == "imagefolder" and not (root / "train").is_dir():
+            n = len(train_images)
+            knn_train = _WithTransform(
+                Subset(train_images, [i for i in range(n) if i % 5]), to_eval
+            )
+            knn_test = _WithTransform(Subset(train_images, list(range(0, n, 5))), to_eval)
+        else:
+            knn_train = _WithTransform(train_images, to_eval)
+            knn_test = _WithTransform(
+                _labelled(build_dataset(name, root=root, train=False)), to_eval
+            )
+    num_classes = len(train_images.classes)  # type: ignore[attr-defined]
+    train_set = SeededTransform(train_images, augmentation, seed=cfg.seed)
+    return SSLData(train_set, knn_train, knn_test, num_classes)
+
+
+@torch.no_grad()
+def _features(
+    model: nn.Module | None, dataset: Dataset, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from dinolab.eval import extract_features
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    if model is None:  # raw pixels
+        return extract_features(nn.Flatten().to(device), loader, device=device, progress=False)
+    return extract_features(model, loader, device=device, progress=False)
+
+
+def pixel_features(dataset: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened, L2-normalised pixels ``[N, 3*H*W]`` and labels ``[N]``: the raw-pixel baseline."""
+    return _features(None, dataset, torch.device("cpu"), batch_size)
+
+
+def knn_evaluate(
+    backbone: nn.Module | None,
+    knn_train: Dataset,
+    knn_test: Dataset,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy (%) of official DINO's weighted k-NN on ``backbone``'s features.
+
+    Args:
+        backbone: ``[B, 3, H, W] -> [B, D]``, already on ``device``; None scores raw pixels.
+        knn_train: labelled memory bank; knn_test: labelled queries (eval transforms).
+        num_classes: number of classes.
+        k: neighbours (capped at the memory-bank size). temperature: vote temperature.
+
+    Returns:
+        Accuracy in percent, ``[0, 100]``.
+    """
+    from dinolab.eval import knn_accuracy
+
+    device = torch.device(device)
+    train_x, train_y = _features(backbone, knn_train, device, batch_size)
+    test_x, test_y = _features(backbone, knn_test, device, batch_size)
+    k = max(1, min(k, train_x.shape[0]))
+    acc = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=k, T=temperature)
+    return 100.0 * acc if math.isfinite(acc) else float("nan")

@@ -1,0 +1,365 @@
+"""The ``dino`` recipe: self-distillation with no labels, as official DINO's ``main_dino.py``.
+
+A student (backbone + :class:`~dinolab.models.DINOHead`) sees all crops of an image; a
+teacher with the same architecture sees the two global crops; the student learns to predict
+the teacher's centred and sharpened distribution over ``out_dim`` prototypes
+(:class:`~dinolab.losses.DINOLoss`). The teacher is never trained by gradients: after every
+optimiser step it moves towards the student by an exponential moving average whose
+momentum rises from ``momentum_teacher`` to 1 along a cosine.
+
+What the engine adds (the same for every recipe): per-iteration cosine schedules for the
+learning rate (warm-up, ``lr * batch / 256``) and weight decay (not on biases and norms),
+per-parameter gradient clipping, the last layer frozen for ``freeze_last_layer`` epochs,
+NaN stop, checkpoints, ``--resume``, DDP.
+
+What this recipe adds: the teacher-temperature warm-up (inside the loss, per epoch), the
+collapse monitors every step (teacher entropy, KL teacher-student, KL teacher-uniform;
+:func:`dinolab.eval.collapse_metrics`) and a k-NN evaluation of the teacher's backbone
+after every epoch.
+
+Examples:
+    >>> summary = train_dino(DINOConfig(epochs=2, output_dir="runs/dino"))  # doctest: +SKIP
+    >>> summary["knn_top1"]                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dinolab.ema import ema_update
+from dinolab.models import BACKBONES
+from dinolab.schedules import cosine_schedule
+from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds
+from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data, knn_evaluate
+
+__all__ = ["DINOConfig", "DINOTask", "build_backbone_from", "build_student", "train_dino"]
+
+
+@dataclass
+class DINOConfig(SSLConfig):
+    """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults)."""
+
+    output_dir: str = field(
+        default="runs/dino",
+        metadata=_help("Directory for checkpoint.pth, the JSON-lines logs and the PNG plots."),
+    )
+    epochs: int = field(
+        default=30,
+        metadata=_help(
+            "Training epochs (official: 100-800 on ImageNet). The default trains the course ViT "
+            "on 2000 synthetic images in a few CPU minutes."
+        ),
+    )
+    arch: str = field(
+        default="vit_course",
+        metadata=_help(
+            "Backbone: vit_course (4 blocks, width 128, sized for a CPU), vit_tiny, vit_small, "
+            "vit_base, vit_large, or resnet18/34/50/101/152.",
+            choices=BACKBONES,
+        ),
+    )
+    patch_size: int = field(
+        default=8,
+        metadata=_help(
+            "ViT patch side in pixels (official: 16 or 8). Smaller patches see finer detail but "
+            "cost quadratically more; crop sizes must be multiples of it."
+        ),
+    )
+    drop_path_rate: float = field(
+        default=0.1,
+        metadata=_help(
+            "Stochastic depth of the student's last block (official: 0.1); the teacher uses none."
+        ),
+    )
+    embed_dim: int | None = field(
+        default=None,
+        metadata=_help(
+            "Override the ViT's token width D (default: the --arch's own, 128 for vit_course)."
+        ),
+    )
+    depth: int | None = field(
+        default=None,
+        metadata=_help("Override the ViT's number of blocks (default: the --arch's own)."),
+    )
+    num_heads: int | None = field(
+        default=None,
+        metadata=_help(
+            "Override the ViT's attention heads; must divide the width (default: the --arch's)."
+        ),
+    )
+    out_dim: int = field(
+        default=1024,
+        metadata=_help(
+            "Prototypes K of the DINO head (official: 65536). Larger K is slower; a few thousand "
+            "is plenty for small data sets."
+        ),
+    )
+    head_hidden_dim: int = field(
+        default=512, metadata=_help("Hidden width of the head's MLP (official: 2048).")
+    )
+    head_bottleneck_dim: int = field(
+        default=128,
+        metadata=_help(
+            "Width of the L2-normalised bottleneck before the last layer (official: 256)."
+        ),
+    )
+    norm_last_layer: bool = field(
+        default=True,
+        metadata=_help(
+            "Keep the last layer's weight norm fixed at 1 (official default True: more stable; "
+            "False trains faster for small models but can diverge)."
+        ),
+    )
+    use_bn_in_head: bool = field(
+        default=False, metadata=_help("BatchNorm in the head's MLP (official: False for ViTs).")
+    )
+    momentum_teacher: float = field(
+        default=0.99,
+        metadata=_help(
+            "Initial teacher EMA momentum, raised to 1 along a cosine (official: 0.996 for "
+            "batch 1024). With few iterations, as here, a lower value lets the teacher follow."
+        ),
+    )
+    teacher_temp: float = field(
+        default=0.04,
+        metadata=_help(
+            "Teacher temperature after warm-up (official: 0.04; up to 0.07 if training is "
+            "unstable). Lower is sharper."
+        ),
+    )
+    warmup_teacher_temp: float = field(
+        default=0.04,
+        metadata=_help(
+            "Teacher temperature at epoch 0 (official: 0.04). Lower it below --teacher_temp if the "
+            "loss does not decrease early on."
+        ),
+    )
+    warmup_teacher_temp_epochs: int = field(
+        default=0,
+        metadata=_help(
+            "Epochs of linear teacher-temperature warm-up (official default 0; its long runs 30)."
+        ),
+    )
+    student_temp: float = field(
+        default=0.1,
+        metadata=_help(
+            "Student temperature (official: 0.1). Setting --teacher_temp to it removes sharpening."
+        ),
+    )
+    center_momentum: float = field(
+        default=0.9, metadata=_help("Momentum of the teacher-output center (official: 0.9).")
+    )
+    teacher_centering: str = field(
+        default="centering",
+        metadata=_help(
+            "How the teacher's targets are balanced: centering (official DINO), sinkhorn_knopp "
+            "(DINOv2), or none (no centering: collapses; for the collapse study).",
+            choices=("centering", "sinkhorn_knopp", "none"),
+        ),
+    )
+    monitor_every: int = field(
+        default=1,
+        metadata=_help(
+            "Compute the collapse monitors every this many steps (1: every step, as the "
+            "course's plots need; 0: never, for timing the bare step)."
+        ),
+    )
+
+
+# (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads.
+_VIT_SIZES = {
+    "vit_course": (128, 4, 4),
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+}
+
+
+def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) -> nn.Module:
+    """The backbone named by ``cfg.arch`` (ViT sizes optionally overridden), ``embed_dim`` set.
+
+    ``mask_token`` (used only by iBOT masking) is frozen, so DDP does not wait for a
+    gradient it never gets.
+    """
+    from dinolab.models import VisionTransformer, build_backbone
+
+    dpr = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
+    if cfg.arch in _VIT_SIZES:
+        default = _VIT_SIZES[cfg.arch]
+        dims = [
+            v if v else d
+            for v, d in zip((cfg.embed_dim, cfg.depth, cfg.num_heads), default, strict=True)
+        ]
+        if dims[0] % dims[2]:
+            raise ValueError(f"embed_dim={dims[0]} must be divisible by num_heads={dims[2]}")
+        backbone: nn.Module = VisionTransformer(
+            img_size=cfg.global_crops_size,
+            patch_size=cfg.patch_size,
+            embed_dim=dims[0],
+            depth=dims[1],
+            num_heads=dims[2],
+            drop_path_rate=dpr,
+        )
+        backbone.mask_token.requires_grad_(False)
+    else:
+        if cfg.embed_dim or cfg.depth or cfg.num_heads:
+            raise ValueError(
+                f"--embed_dim/--depth/--num_heads apply to ViTs only, not --arch {cfg.arch}"
+            )
+        backbone = build_backbone(cfg.arch, small_input=cfg.global_crops_size <= 64)
+    return backbone
+
+
+def build_student(cfg: DINOConfig) -> nn.Module:
+    """Backbone + DINO head in a :class:`~dinolab.models.MultiCropWrapper`."""
+    from dinolab.models import DINOHead, MultiCropWrapper
+
+    backbone = build_backbone_from(cfg)
+    head = DINOHead(
+        backbone.embed_dim,
+        cfg.out_dim,
+        use_bn=cfg.use_bn_in_head,
+        norm_last_layer=cfg.norm_last_layer,
+        hidden_dim=cfg.head_hidden_dim,
+        bottleneck_dim=cfg.head_bottleneck_dim,
+    )
+    return MultiCropWrapper(backbone, head)
+
+
+def nonfinite_loss(reference: torch.Tensor) -> torch.Tensor:
+    """A NaN loss that still back-propagates nowhere: the engine stops on it, naming the step."""
+    return torch.full((), float("nan"), device=reference.device, requires_grad=True)
+
+
+class DINOTask(Task):
+    """DINO self-distillation: student and EMA teacher, DINO loss, monitors, k-NN eval.
+
+    Args:
+        cfg: the recipe's settings.
+        student: backbone + head (see :func:`build_student`).
+        data: k-NN sets for the evaluation (None: no evaluation).
+    """
+
+    name = "dino"
+
+    def __init__(self, cfg: DINOConfig, student: nn.Module, data: SSLData | None) -> None:
+        from dinolab.losses import DINOLoss
+        from dinolab.models import StudentTeacherWrapper
+
+        self.cfg = cfg
+        self.pair = StudentTeacherWrapper(student)
+        self.student = self.pair.student
+        self.teacher = self.pair.teacher
+        self.data = data
+        self.dino_loss = DINOLoss(
+            cfg.out_dim,
+            cfg.local_crops_number + 2,
+            cfg.warmup_teacher_temp,
+            cfg.teacher_temp,
+            cfg.warmup_teacher_temp_epochs,
+            cfg.epochs,
+            student_temp=cfg.student_temp,
+            center_momentum=cfg.center_momentum,
+            teacher_centering=cfg.teacher_centering,
+            check_finite=False,  # the engine checks the loss itself and names the step
+        )
+        self.momentum_schedule = np.array([cfg.momentum_teacher])
+        self.device = torch.device("cpu")
+
+    def setup(self, epochs: int, niter_per_ep: int, device: torch.device) -> None:
+        self.momentum_schedule = cosine_schedule(
+            self.cfg.momentum_teacher, 1.0, epochs, niter_per_ep
+        )
+        self.device = device
+
+    def modules_to_device(self, device: torch.device) -> None:
+        self.pair.to(device)
+        self.dino_loss.to(device)
+
+    def train_mode(self) -> None:
+        # Official DINO v1 leaves the teacher in train mode too (its forward has no dropout
+        # or drop-path, and a ViT has no BatchNorm); the wrapper follows that.
+        self.pair.train()
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        from dinolab.eval import collapse_metrics
+
+        crops, _ = batch
+        crops = [c.to(ctx.device, non_blocking=True) for c in crops]
+        teacher_output = self.pair.forward_teacher(crops[:2])  # only the 2 global views
+        student_output = ctx.student(crops)
+        if not (torch.isfinite(student_output).all() and torch.isfinite(teacher_output).all()):
+            return nonfinite_loss(student_output), {}
+        metrics: dict[str, float] = {}
+        if self.cfg.monitor_every and ctx.it % self.cfg.monitor_every == 0:
+            # Before the loss: the loss moves the center, the monitors must see the targets
+            # this very loss uses.
+            metrics = collapse_metrics(
+                teacher_output.float(), student_output.detach().float(), self.dino_loss, ctx.epoch
+            )
+            metrics["log_out_dim"] = float(np.log(self.cfg.out_dim))
+        loss = self.dino_loss(student_output, teacher_output, ctx.epoch)
+        metrics["teacher_temp"] = self.dino_loss.teacher_temp_at(ctx.epoch)
+        return loss, metrics
+
+    def after_optimizer_step(self, ctx: StepContext) -> dict[str, float]:
+        m = float(self.momentum_schedule[ctx.it])
+        ema_update(self.teacher, self.student, m)
+        return {"momentum": m}
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        from dinolab.eval import parameter_divergence
+
+        out = {"teacher_student_divergence": parameter_divergence(self.student, self.teacher)}
+        if self.data is not None:
+            out["knn_top1"] = knn_evaluate(
+                self.teacher.backbone,
+                self.data.knn_train,
+                self.data.knn_test,
+                self.data.num_classes,
+                self.device,
+                k=self.cfg.knn_k,
+                temperature=self.cfg.knn_temperature,
+                batch_size=self.cfg.eval_batch_size,
+            )
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "dino_loss": self.dino_loss.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.dino_loss.load_state_dict(state["dino_loss"])
+
+
+def train_dino(
+    cfg: DINOConfig,
+    data: SSLData | None = None,
+    callbacks: Sequence[Callable[[Engine, dict[str, Any]], None]] = (),
+) -> dict[str, Any]:
+    """Run the ``dino`` recipe; return the last epoch's record (``knn_top1`` in %, losses).
+
+    Args:
+        cfg: settings (see :class:`DINOConfig`; every field is a command-line flag).
+        data: prebuilt data (tests pass tiny sets); default :func:`build_ssl_data`.
+        callbacks: per-step callbacks handed to the :class:`~dinolab.train.engine.Engine`.
+    """
+    fix_random_seeds(cfg.seed)
+    data = data if data is not None else build_ssl_data(cfg)
+    from dinolab.data.multicrop import multicrop_collate
+
+    task = DINOTask(cfg, build_student(cfg), data)
+    engine = Engine(task, data.train_set, cfg, collate_fn=multicrop_collate, callbacks=callbacks)
+    return engine.fit()

@@ -1,0 +1,304 @@
+"""``dinolab eval knn|linear``: score a trained backbone's frozen features.
+
+The backbone comes from a checkpoint: a dinolab ``dino`` or ``distill`` checkpoint (its
+architecture is read from the settings saved inside it) or an official DINO / DINOv2 file
+(name the architecture with ``--arch`` and ``--patch_size``). The k-NN is official DINO's
+weighted vote (several ``k`` at once, ``--nb_knn``); the linear probe trains one linear
+layer on the frozen features (:func:`dinolab.eval.train_linear_probe`), on the CLS tokens of
+the last ``--n_last_blocks`` blocks concatenated, as official DINO's ``eval_linear.py``.
+
+Examples:
+    >>> r = eval_knn(EvalConfig(pretrained_weights="runs/dino/checkpoint.pth"))  # doctest: +SKIP
+    >>> r["knn_top1"]                                                            # doctest: +SKIP
+    {'10': 71.2, '20': 72.0, '100': 66.3, '200': 61.8}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from dinolab.train.engine import fix_random_seeds, resolve_device
+from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data
+
+__all__ = ["EvalConfig", "load_backbone", "eval_knn", "eval_linear"]
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``dinolab eval knn`` and ``dinolab eval linear``."""
+
+    pretrained_weights: str = field(
+        default="runs/dino/checkpoint.pth",
+        metadata=_help(
+            "Checkpoint to evaluate: a dinolab training checkpoint or an official DINO / DINOv2 "
+            "file."
+        ),
+    )
+    checkpoint_key: str = field(
+        default="teacher",
+        metadata=_help(
+            "Which network of a training checkpoint to evaluate: teacher (official DINO's "
+            "choice) or student."
+        ),
+    )
+    arch: str | None = field(
+        default=None,
+        metadata=_help(
+            "Backbone architecture; default: read from a dinolab checkpoint, vit_small for an "
+            "official file."
+        ),
+    )
+    patch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "ViT patch size; default: from a dinolab checkpoint, 16 for an official file."
+        ),
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Side of the evaluation images in pixels; default: the checkpoint's global crop "
+            "size, 32 for an official file on the bundled shapes."
+        ),
+    )
+    dataset: str = field(
+        default="shapes",
+        metadata=_help(
+            "Evaluation data: shapes or digits (bundled), cifar10 or stl10 (under --data_path), "
+            "imagefolder (--data_path; chosen automatically when --data_path is set).",
+            choices=("shapes", "digits", "cifar10", "stl10", "imagefolder"),
+        ),
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Labelled image folder (root/<class>/<image>) whose images form the k-NN memory bank "
+            "or the probe's training set."
+        ),
+    )
+    val_data_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Labelled image folder of queries; default: every 5th image of --data_path."
+        ),
+    )
+    num_images: int = field(
+        default=2000, metadata=_help("Synthetic training images (shapes only).")
+    )
+    num_eval_images: int = field(
+        default=1000, metadata=_help("Synthetic test images (shapes only).")
+    )
+    num_classes: int = field(default=6, metadata=_help("Shape classes (shapes only, 2..6)."))
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "Seed of the synthetic data (use the training run's to evaluate on its images) and "
+            "of the probe's initialisation."
+        ),
+    )
+    nb_knn: tuple[int, ...] = field(
+        default=(10, 20, 100, 200),
+        metadata=_help(
+            "Numbers of neighbours to report (official DINO: 10 20 100 200; 20 is usually best).",
+            nargs="+",
+        ),
+    )
+    temperature: float = field(
+        default=0.07, metadata=_help("Temperature of the k-NN vote weights (official: 0.07).")
+    )
+    n_last_blocks: int = field(
+        default=4,
+        metadata=_help(
+            "Linear probe: concatenate the CLS tokens of this many last blocks (official: 4 for "
+            "ViT-S, 1 for ViT-B). Ignored by ResNets and by k-NN."
+        ),
+    )
+    epochs: int = field(default=100, metadata=_help("Linear probe epochs (official: 100)."))
+    lr: float = field(
+        default=0.1, metadata=_help("Linear probe peak learning rate on standardised features.")
+    )
+    batch_size_per_gpu: int = field(
+        default=256,
+        metadata=_help("Images per forward pass when extracting features, and the probe's batch."),
+    )
+    device: str = field(default="auto", metadata=_help("cpu, cuda or auto."))
+    output_dir: str | None = field(
+        default=None,
+        metadata=_help("If set, write the result as eval_knn.json / eval_linear.json there."),
+    )
+    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+
+
+def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
+    """The backbone to evaluate and the image size to evaluate it at."""
+    from dinolab.models import build_backbone, load_pretrained
+    from dinolab.train.checkpoint import load_checkpoint
+
+    path = Path(cfg.pretrained_weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained_weights {str(path)!r} does not exist")
+    try:
+        ckpt: dict[str, Any] | None = load_checkpoint(path)
+    except ValueError:
+        ckpt = None
+    if ckpt is not None:
+        from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
+
+        names = {f.name for f in fields(DINOConfig)}
+        args = {
+            k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in ckpt.get("args", {}).items()
+            if k in names
+        }
+        tcfg = DINOConfig(**args)
+        if cfg.arch:
+            tcfg.arch = cfg.arch
+        if cfg.patch_size:
+            tcfg.patch_size = cfg.patch_size
+        if ckpt.get("recipe") == "distill" and cfg.checkpoint_key == "teacher":
+            raise ValueError(
+                f"{str(path)!r} is a distill checkpoint: its teacher is the frozen input "
+                "model; evaluate the student with --checkpoint_key student, or the teacher's "
+                "own checkpoint"
+            )
+        backbone = build_backbone_from(tcfg, drop_path_rate=0.0)
+        image_size = cfg.image_size or tcfg.global_crops_size
+        if cfg.checkpoint_key not in ckpt:
+            raise ValueError(
+                f"{str(path)!r} has no {cfg.checkpoint_key!r} entry; expected teacher or student"
+            )
+        prefix = "backbone."
+        state = {
+            k[len(prefix) :]: v for k, v in ckpt[cfg.checkpoint_key].items() if k.startswith(prefix)
+        }
+        backbone.load_state_dict(state)
+    else:
+        image_size = cfg.image_size or 32
+        backbone = (
+            build_backbone(
+                cfg.arch or "vit_small", patch_size=cfg.patch_size or 16, img_size=image_size
+            )
+            if (cfg.arch or "vit_small").startswith("vit")
+            else build_backbone(cfg.arch or "resnet18")
+        )
+        load_pretrained(backbone, path, checkpoint_key=cfg.checkpoint_key)
+    backbone.eval()
+    return backbone, image_size
+
+
+def _data(cfg: EvalConfig, image_size: int, patch_size: int) -> SSLData:
+    ssl = SSLConfig(
+        dataset=cfg.dataset,
+        data_path=cfg.data_path,
+        val_data_path=cfg.val_data_path,
+        num_images=cfg.num_images,
+        num_eval_images=cfg.num_eval_images,
+        num_classes=cfg.num_classes,
+        seed=cfg.seed,
+        global_crops_size=image_size,
+        local_crops_size=max(patch_size, image_size // 2 // patch_size * patch_size),
+    )
+    return build_ssl_data(ssl)
+
+
+def _write(cfg: EvalConfig, name: str, result: dict[str, Any]) -> None:
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
+    """Weighted k-NN top-1 accuracy (%) for every ``k`` in ``nb_knn``."""
+    from dinolab.eval import extract_features, knn_accuracy
+
+    fix_random_seeds(cfg.seed)
+    device = resolve_device(cfg.device)
+    backbone, image_size = load_backbone(cfg)
+    backbone.to(device)
+    data = _data(cfg, image_size, getattr(backbone, "patch_size", 1))
+    loader = {
+        name: DataLoader(ds, batch_size=cfg.batch_size_per_gpu)
+        for name, ds in (("train", data.knn_train), ("test", data.knn_test))
+    }
+    xtr, ytr = extract_features(backbone, loader["train"], device=device, progress=cfg.progress)
+    xte, yte = extract_features(backbone, loader["test"], device=device, progress=cfg.progress)
+    accs = {
+        str(k): 100.0
+        * knn_accuracy(
+            xtr, ytr, xte, yte, data.num_classes, k=min(k, xtr.shape[0]), T=cfg.temperature
+        )
+        for k in cfg.nb_knn
+    }
+    result = {
+        "pretrained_weights": cfg.pretrained_weights,
+        "checkpoint_key": cfg.checkpoint_key,
+        "knn_top1": accs,
+        "train_images": int(xtr.shape[0]),
+        "test_images": int(xte.shape[0]),
+    }
+    _write(cfg, "eval_knn.json", result)
+    return result
+
+
+class _LastBlocksCLS(nn.Module):
+    """CLS tokens of the last ``n`` blocks, concatenated: ``[B, n * D]`` (official linear eval)."""
+
+    def __init__(self, vit: nn.Module, n: int) -> None:
+        super().__init__()
+        self.vit, self.n = vit, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:, 0] for t in self.vit.get_intermediate_layers(x, self.n)], dim=-1)
+
+
+def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
+    """Linear-probe top-1 accuracy (%) on frozen features."""
+    from dinolab.eval import extract_features, train_linear_probe
+
+    fix_random_seeds(cfg.seed)
+    device = resolve_device(cfg.device)
+    backbone, image_size = load_backbone(cfg)
+    data = _data(cfg, image_size, getattr(backbone, "patch_size", 1))
+    model: nn.Module = backbone
+    if hasattr(backbone, "get_intermediate_layers") and cfg.n_last_blocks > 1:
+        model = _LastBlocksCLS(backbone, min(cfg.n_last_blocks, len(backbone.blocks)))
+    model.to(device)
+    feats = [
+        extract_features(
+            model,
+            DataLoader(ds, batch_size=cfg.batch_size_per_gpu),
+            device=device,
+            normalize=False,
+            progress=cfg.progress,
+        )
+        for ds in (data.knn_train, data.knn_test)
+    ]
+    result_probe = train_linear_probe(
+        feats[0][0],
+        feats[0][1],
+        feats[1][0],
+        feats[1][1],
+        data.num_classes,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size_per_gpu,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    result = {
+        "pretrained_weights": cfg.pretrained_weights,
+        "checkpoint_key": cfg.checkpoint_key,
+        "linear_top1": 100.0 * result_probe.accuracy,
+        "feature_dim": int(feats[0][0].shape[1]),
+        "epochs": cfg.epochs,
+    }
+    _write(cfg, "eval_linear.json", result)
+    return result

@@ -1,0 +1,183 @@
+"""The ``dinolab`` command line: help texts, bad flags (exit 2), a tiny run and its evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinolab.cli import bool_flag, main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--batch_size_per_gpu",
+    "4",
+    "--num_images",
+    "16",
+    "--num_eval_images",
+    "8",
+    "--local_crops_number",
+    "2",
+    "--out_dim",
+    "64",
+    "--head_hidden_dim",
+    "32",
+    "--head_bottleneck_dim",
+    "16",
+    "--embed_dim",
+    "32",
+    "--depth",
+    "2",
+    "--num_heads",
+    "2",
+    "--knn_k",
+    "5",
+    "--progress",
+    "false",
+    "--plots",
+    "false",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _exit_code(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out = capsys.readouterr()
+    return stop.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["eval"]])
+def test_missing_subcommand_is_a_usage_error(argv, capsys):
+    code, _, err = _exit_code(argv, capsys)
+    assert code == 2 and "required" in err
+
+
+def test_help_texts_name_every_flag_with_its_default(capsys):
+    code, out, _ = _exit_code(["--help"], capsys)
+    assert code == 0 and "train" in out and "eval" in out
+    code, out, _ = _exit_code(["train", "dino", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())  # argparse wraps lines
+    for flag, default in [
+        ("--arch", "vit_course"),
+        ("--patch_size", "8"),
+        ("--epochs", "30"),
+        ("--batch_size_per_gpu", "64"),
+        ("--lr", "0.0005"),
+        ("--local_crops_number", "6"),
+        ("--teacher_temp", "0.04"),
+        ("--warmup_teacher_temp_epochs", "0"),
+        ("--momentum_teacher", "0.99"),
+        ("--output_dir", "runs/dino"),
+        ("--global_crops_scale", "0.4 1.0"),
+        ("--resume", "False"),
+        ("--seed", "0"),
+        ("--data_path", "None"),
+    ]:
+        assert flag in text, flag
+        start = text.index(flag + " ", text.index("options:"))
+        assert f"(default: {default})" in text[start : start + 700], flag
+    code, out, _ = _exit_code(["train", "distill", "--help"], capsys)
+    for flag in (
+        "--dino_loss_weight",
+        "--ibot_loss_weight",
+        "--koleo_loss_weight",
+        "--spd_loss_weight",
+        "--cls_loss_weight",
+        "--teacher_pretrained_weights",
+    ):
+        assert flag in out
+    assert "--momentum_teacher" not in out  # a frozen teacher has no momentum
+    code, out, _ = _exit_code(["train", "kd", "--help"], capsys)
+    assert "--kd_temperature" in out and "--ema_momentum" in out
+    code, out, _ = _exit_code(["eval", "knn", "--help"], capsys)
+    assert "--nb_knn" in out and "--pretrained_weights" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "dino", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+        (["train", "dino", "--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
+        (["train", "dino", "--lr", "nan"], "argument --lr: must be a finite number >= 0"),
+        (["train", "dino", "--norm_last_layer", "maybe"], "expected true or false, got 'maybe'"),
+        (["train", "dino", "--teacher_centering", "mean"], "invalid choice: 'mean'"),
+        (["train", "dino", "--arch", "vit_huge"], "invalid choice: 'vit_huge'"),
+        (["train", "dino", "--global_crops_scale", "0.4"], "expected 2 arguments"),
+        (["train", "dino", "--momentum-teacher", "0.9"], "unrecognized arguments"),
+        (["train", "sinkhorn"], "invalid choice: 'sinkhorn'"),
+    ],
+)
+def test_bad_flags_exit_with_code_2_and_a_clear_message(argv, message, capsys):
+    code, _, err = _exit_code(argv, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_bool_flag_accepts_official_spellings():
+    assert bool_flag("True") and bool_flag("1") and not bool_flag("false")
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "dino", *TINY, "--output_dir", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert 0.0 <= record["knn_top1"] <= 100.0 and (out / "checkpoint.pth").is_file()
+    # A second run into the same directory must not overwrite it without --resume.
+    assert main(["train", "dino", *TINY, "--output_dir", str(out)]) == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert main(["train", "dino", *TINY, "--output_dir", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    args = [
+        "--pretrained_weights",
+        str(out / "checkpoint.pth"),
+        "--num_images",
+        "16",
+        "--num_eval_images",
+        "8",
+        "--progress",
+        "false",
+        "--device",
+        "cpu",
+    ]
+    assert main(["eval", "knn", *args, "--nb_knn", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["knn_top1"]["5"] == pytest.approx(record["knn_top1"])
+    assert main(["eval", "linear", *args, "--epochs", "2"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["linear_top1"] <= 100.0
+    assert main(["eval", "knn", "--pretrained_weights", str(tmp_path / "missing.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_dash_m_dinolab():
+    # One subprocess (imports cost seconds): the module entry point parses and reports errors
+    # exactly as the console script does.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "dinolab", "train", "kd", "--epochs", "-3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--epochs: must be an integer >= 1" in bad.stderr
+    assert "usage: dinolab train kd" in bad.stderr

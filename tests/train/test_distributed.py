@@ -1,0 +1,162 @@
+"""torch.distributed helpers, and 2 CPU processes under torchrun against 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from dinolab.train import distributed as du
+from dinolab.train.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_single_process_defaults(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = du.init_distributed("cpu")
+    assert (info.rank, info.world_size, info.distributed) == (0, 1, False)
+    assert du.get_rank() == 0 and du.get_world_size() == 1 and du.is_main_process()
+    du.barrier()  # a no-op, must not hang
+    assert du.all_reduce_mean(torch.tensor(2.5)) == 2.5
+    sampler = du.make_sampler(TensorDataset(torch.arange(10)), shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(4)).tolist()
+    assert list(sampler) == expected  # the permutation of seed + epoch
+
+
+def test_bad_torchrun_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"RANK=3 is not in \[0, WORLD_SIZE=2\)"):
+        du.init_distributed("cpu")
+    monkeypatch.setenv("RANK", "zero")
+    with pytest.raises(ValueError, match="RANK='zero' is not an integer"):
+        du.init_distributed("cpu")
+
+
+FLAGS = [
+    "--device",
+    "cpu",
+    "--epochs",
+    "2",
+    "--num_images",
+    "16",
+    "--num_eval_images",
+    "8",
+    "--local_crops_number",
+    "2",
+    "--out_dim",
+    "64",
+    "--head_hidden_dim",
+    "32",
+    "--head_bottleneck_dim",
+    "16",
+    "--embed_dim",
+    "32",
+    "--depth",
+    "2",
+    "--num_heads",
+    "2",
+    "--knn_k",
+    "5",
+    "--warmup_epochs",
+    "0",
+    "--progress",
+    "false",
+    "--plots",
+    "false",
+    # SGD keeps a weight update linear in the gradient, so float rounding in the all-reduce
+    # stays at rounding size (Adam divides by sqrt(v) and can amplify it for tiny gradients).
+    # No drop-path: each rank draws its own masks, which one process cannot reproduce.
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "2.0",
+    "--drop_path_rate",
+    "0",
+]
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "dinolab",
+            "train",
+            "dino",
+            *FLAGS,
+            "--batch_size_per_gpu",
+            "8",
+            "--output_dir",
+            str(one),
+        ],
+        tmp_path,
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dinolab",
+            "train",
+            "dino",
+            *FLAGS,
+            "--batch_size_per_gpu",
+            "4",
+            "--output_dir",
+            str(two),
+        ],
+        tmp_path,
+    )
+
+    steps = [
+        [json.loads(x) for x in (d / "log_steps.jsonl").read_text().splitlines()]
+        for d in (one, two)
+    ]
+    assert len(steps[0]) == len(steps[1]) == 4  # 16 images / global batch 8, 2 epochs
+    for s1, s2 in zip(*steps, strict=True):
+        # The 2-process loss is the mean of the ranks' losses over 4 images each: equal to
+        # the 1-process loss over the same 8 images up to float32 rounding (rtol 1e-5).
+        assert s2["loss"] == pytest.approx(s1["loss"], rel=1e-5)
+        assert s2["lr"] == pytest.approx(s1["lr"], rel=1e-12)  # lr * (4 * 2) / 256 in both
+    epochs = [json.loads(x) for x in (two / "log_epochs.jsonl").read_text().splitlines()]
+    assert all(e["rank_weight_spread"] == 0.0 for e in epochs)  # identical on both ranks
+
+    a, b = load_checkpoint(one / "checkpoint.pth"), load_checkpoint(two / "checkpoint.pth")
+    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    moved = 0.0
+    for part in ("student", "teacher", "dino_loss"):
+        for key, value in a[part].items():
+            if not value.is_floating_point():
+                continue
+            # Tolerance 1e-5 absolute: gradients are averaged in another order (all-reduce
+            # of two half-batch means vs one mean); the weights move by ~1e-2, so a wrong
+            # gradient, center or teacher update would show far above it.
+            torch.testing.assert_close(b[part][key], value, rtol=0, atol=1e-5, msg=f"{part}.{key}")
+    # The teacher is an EMA that trails the student: their gap shows how far training moved
+    # the weights (teacher and student start equal).
+    for key, value in a["student"].items():
+        if key.startswith("backbone.blocks") and value.is_floating_point():
+            moved = max(moved, float((value - a["teacher"][key]).abs().max()))
+    assert moved > 1e-3, "the student barely moved: the comparison would prove nothing"

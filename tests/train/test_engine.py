@@ -1,0 +1,250 @@
+"""The engine's building blocks against official DINO's formulas, and the engine on a toy task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from dinolab.schedules import cosine_schedule
+from dinolab.train.checkpoint import load_checkpoint
+from dinolab.train.engine import (
+    Engine,
+    NonFiniteLossError,
+    SeededTransform,
+    StepContext,
+    Task,
+    TrainConfig,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    get_params_groups,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two threads per process thrash when several test processes share 2 cores.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.randn(1, 3, 4))  # 3-D: decayed, as official
+        self.fc = nn.Linear(4, 8)
+        self.norm = nn.LayerNorm(8)
+        self.last_layer = nn.Linear(8, 3, bias=False)
+        self.frozen = nn.Parameter(torch.ones(3), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.norm(self.fc(x + self.pos_embed[0, 0])))
+
+
+def test_params_groups_follow_official_dino():
+    net = Net()
+    regularized, not_regularized = get_params_groups(net)
+    ids = {id(p) for p in regularized["params"]}
+    assert ids == {id(net.pos_embed), id(net.fc.weight), id(net.last_layer.weight)}
+    assert {id(p) for p in not_regularized["params"]} == {
+        id(net.fc.bias),
+        id(net.norm.weight),
+        id(net.norm.bias),
+    }
+    assert not_regularized["weight_decay"] == 0.0  # frozen params are in neither group
+
+
+def test_clip_gradients_matches_the_official_per_parameter_loop():
+    torch.manual_seed(0)
+    net = Net()
+    net(torch.randn(5, 4)).pow(2).sum().backward()
+    # A bound between the smallest and largest gradient norm, so both branches run.
+    clip = float(np.median([float(p.grad.norm()) for p in net.parameters() if p.grad is not None]))
+    reference = {}
+    for name, p in net.named_parameters():  # official DINO's utils.clip_gradients, written out
+        if p.grad is None:
+            continue
+        g = p.grad.clone()
+        norm = g.norm(2)
+        coef = clip / (norm + 1e-6)
+        reference[name] = g * coef if coef < 1 else g
+    norms = clip_gradients(net, clip)
+    assert len(norms) == len(reference)
+    assert max(norms) > clip > min(norms)  # both branches are exercised
+    for name, p in net.named_parameters():
+        if p.grad is not None:
+            # 1e-6: one float32 rounding of the product (small gradients are untouched exactly).
+            torch.testing.assert_close(p.grad, reference[name], rtol=1e-6, atol=1e-7)
+            assert float(p.grad.norm()) <= clip * (1 + 1e-5)
+
+
+def test_last_layer_gradients_are_dropped_only_while_frozen():
+    net = Net()
+    net(torch.randn(2, 4)).sum().backward()
+    cancel_gradients_last_layer(epoch=1, model=net, freeze_last_layer=1)
+    assert net.last_layer.weight.grad is not None
+    cancel_gradients_last_layer(epoch=0, model=net, freeze_last_layer=1)
+    assert net.last_layer.weight.grad is None and net.fc.weight.grad is not None
+
+
+def test_seeded_transform_depends_only_on_seed_epoch_and_index():
+    images = TensorDataset(torch.zeros(6, 2), torch.arange(6))
+    noise = SeededTransform(images, lambda x: x + torch.rand(2), seed=3)
+    first = [noise[i][0] for i in range(6)]
+    torch.manual_seed(123)  # the global generator must not matter, and must not move
+    state = torch.get_rng_state()
+    again = [noise[i][0] for i in reversed(range(6))][::-1]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])
+    noise.set_epoch(1)
+    assert not torch.equal(noise[0][0], first[0])
+
+
+class Toy(Task):
+    """Linear regression on a fixed target; loss becomes NaN from ``nan_at`` on."""
+
+    name = "toy"
+    scale_lr = False
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        torch.manual_seed(0)  # a recipe seeds before building its models
+        self.student = Net()
+        self.nan_at = nan_at
+
+    def training_step(self, batch, ctx: StepContext):
+        x, y = batch
+        loss = F.cross_entropy(ctx.student(x), y)
+        if self.nan_at is not None and ctx.it >= self.nan_at:
+            loss = loss * float("nan")
+        return loss, {"double": 2.0 * float(loss.detach())}
+
+    def evaluate(self, epoch: int):
+        return {"val_acc": 10.0 * epoch}
+
+
+def _data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(24, 4, generator=g), torch.randint(0, 3, (24,), generator=g))
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path),
+        epochs=3,
+        batch_size_per_gpu=8,
+        lr=0.05,
+        min_lr=0.001,
+        warmup_epochs=1,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        progress=False,
+        plots=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_engine_applies_official_schedules_and_logs_every_step(tmp_path):
+    engine = Engine(Toy(), _data(), _cfg(tmp_path))
+    record = engine.fit()
+    steps = [json.loads(line) for line in (tmp_path / "log_steps.jsonl").read_text().splitlines()]
+    assert [s["it"] for s in steps] == list(range(9))  # 24 images / 8 = 3 steps x 3 epochs
+    lr = cosine_schedule(0.05, 0.001, 3, 3, warmup_epochs=1)
+    wd = cosine_schedule(0.04, 0.4, 3, 3)
+    for s in steps:
+        # Warm-up linspace(0, 0.05, 3), then 0.001 + 0.5 (0.05 - 0.001)(1 + cos(pi i / 6)).
+        i = s["it"] - 3
+        expected = (
+            0.025 * s["it"]
+            if s["it"] < 3
+            else 0.001 + 0.5 * 0.049 * (1 + math.cos(math.pi * i / 6))
+        )
+        assert s["lr"] == pytest.approx(expected, rel=1e-12) == pytest.approx(lr[s["it"]])
+        assert s["wd"] == pytest.approx(wd[s["it"]], rel=1e-12)
+        assert s["double"] == pytest.approx(2 * s["loss"], rel=1e-6)
+    # The optimiser saw the schedule: weight decay on group 0 only.
+    groups = engine.optimizer.param_groups
+    assert groups[0]["weight_decay"] == pytest.approx(wd[8]) and groups[1]["weight_decay"] == 0.0
+    epochs = [json.loads(line) for line in (tmp_path / "log_epochs.jsonl").read_text().splitlines()]
+    assert [e["val_acc"] for e in epochs] == [0.0, 10.0, 20.0]
+    assert record["train_loss"] == pytest.approx(np.mean([s["loss"] for s in steps[6:]]))
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 9 and ckpt["recipe"] == "toy"
+    assert ckpt["args"]["lr"] == 0.05
+
+
+def test_frozen_last_layer_does_not_move_in_the_first_epoch(tmp_path):
+    task = Toy()
+    before = task.student.last_layer.weight.detach().clone()
+    seen = []
+
+    def watch(engine, record):
+        seen.append(torch.equal(task.student.last_layer.weight, before))
+
+    Engine(task, _data(), _cfg(tmp_path, epochs=2, freeze_last_layer=1), callbacks=[watch]).fit()
+    assert seen == [True] * 3 + [False] * 3
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    good = {}
+
+    def remember(engine, record):
+        if record["it"] == 3:  # first step of epoch 2: the checkpoint of epoch 1 exists
+            good["bytes"] = (tmp_path / "checkpoint.pth").read_bytes()
+
+    engine = Engine(Toy(nan_at=4), _data(), _cfg(tmp_path), callbacks=[remember])
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 4 \(epoch 2/3, batch 2/3\)"):
+        engine.fit()
+    assert (tmp_path / "checkpoint.pth").read_bytes() == good["bytes"]
+    assert load_checkpoint(tmp_path / "checkpoint.pth")["epoch"] == 1
+
+
+def test_resume_after_an_interruption_ends_with_the_same_weights(tmp_path):
+    Engine(Toy(), _data(), _cfg(tmp_path / "a")).fit()
+
+    def interrupt(engine, record):
+        if record["it"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Engine(Toy(), _data(), _cfg(tmp_path / "b"), callbacks=[interrupt]).fit()
+    with pytest.raises(ValueError, match="already exists; pass --resume"):
+        Engine(Toy(), _data(), _cfg(tmp_path / "b")).fit()
+    Engine(Toy(), _data(), _cfg(tmp_path / "b", resume=True)).fit()
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pth")
+    for k in a["student"]:
+        # Same process, same kernels: bit-for-bit equal (tolerance 0).
+        assert torch.equal(a["student"][k], b["student"][k]), k
+    log_a = (tmp_path / "a" / "log_steps.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "log_steps.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if k != "step_time_s"} for r in log_a]
+    assert strip == [{k: v for k, v in json.loads(r).items() if k != "step_time_s"} for r in log_b]
+
+
+def test_resume_without_a_checkpoint_and_bad_settings_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Engine(Toy(), _data(), _cfg(tmp_path, resume=True)).fit()
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):
+        Engine(Toy(), _data(), _cfg(tmp_path, warmup_epochs=5))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Engine(Toy(), _data(), _cfg(tmp_path, batch_size_per_gpu=64))
+    with pytest.raises(ValueError, match="precision 'fp16' needs CUDA"):
+        Engine(Toy(), _data(), _cfg(tmp_path, precision="fp16"))
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        Engine(Toy(), _data(), _cfg(tmp_path, lr=float("nan")))
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    record = Engine(Toy(), _data(), _cfg(tmp_path, epochs=1, precision="bf16")).fit()
+    assert math.isfinite(record["train_loss"])

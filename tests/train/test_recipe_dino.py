@@ -1,0 +1,167 @@
+"""The ``dino`` recipe end to end on tiny synthetic data: a run, plots, resume, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dinolab.schedules import cosine_schedule
+from dinolab.train.checkpoint import load_checkpoint
+from dinolab.train.engine import NonFiniteLossError, SeededTransform
+from dinolab.train.recipes.common import build_ssl_data
+from dinolab.train.recipes.dino import DINOConfig, train_dino
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(tmp_path, **kw) -> DINOConfig:
+    """16 images of 32 px, batch 4 (4 steps per epoch), a 2-block ViT of width 32."""
+    base = dict(
+        output_dir=str(tmp_path),
+        epochs=2,
+        batch_size_per_gpu=4,
+        num_images=16,
+        num_eval_images=8,
+        local_crops_number=2,
+        out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        warmup_epochs=1,
+        knn_k=5,
+        progress=False,
+        plots=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return DINOConfig(**base)
+
+
+def _steps(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "log_steps.jsonl").read_text().splitlines()]
+
+
+def test_a_short_dino_run_logs_monitors_knn_and_writes_everything(tmp_path):
+    cfg = tiny(tmp_path, plots=True)
+    record = train_dino(cfg)
+    steps = _steps(tmp_path)
+    assert len(steps) == 8
+    momentum = cosine_schedule(cfg.momentum_teacher, 1.0, 2, 4)
+    for s in steps:
+        assert math.isfinite(s["loss"])
+        # The monitors see exactly the loss's targets: h(P_t) + KL(P_t || P_s) = the loss.
+        assert s["cross_entropy"] == pytest.approx(s["loss"], rel=1e-5)
+        assert s["teacher_entropy"] + s["kl_teacher_student"] == pytest.approx(s["loss"], rel=1e-5)
+        assert 0.0 <= s["teacher_entropy"] <= math.log(64) + 1e-6
+        assert s["momentum"] == pytest.approx(momentum[s["it"]])
+    assert 0.0 <= record["knn_top1"] <= 100.0
+    assert record["teacher_student_divergence"] > 0  # the EMA teacher trails the student
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert {"student", "teacher", "optimizer", "dino_loss", "rng", "args"} <= set(ckpt)
+    assert ckpt["dino_loss"]["center"].shape == (1, 64)
+    assert float(ckpt["dino_loss"]["center"].abs().sum()) > 0  # the center was updated
+    assert ckpt["args"]["arch"] == "vit_course" and ckpt["epoch"] == 2
+    # The teacher key layout is official DINO's, so official tools read it.
+    assert any(k.startswith("backbone.blocks.0.attn.qkv") for k in ckpt["teacher"])
+    assert any(k.startswith("head.last_layer.weight_v") for k in ckpt["teacher"])
+    for name in ("loss", "knn_accuracy", "teacher_entropy", "kl", "momentum", "lr"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+
+
+def test_dino_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    train_dino(tiny(tmp_path / "full"))
+
+    def interrupt(engine, record):
+        if record["it"] == 5:  # in the middle of epoch 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dino(tiny(tmp_path / "cut"), callbacks=[interrupt])
+    train_dino(tiny(tmp_path / "cut", resume=True))
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pth")
+    for part in ("student", "teacher", "dino_loss"):
+        for key, value in a[part].items():
+            # Tolerance 0: same process and kernels, and every random draw (sample order,
+            # augmentations, drop-path) is replayed exactly.
+            assert torch.equal(value, b[part][key]), f"{part}.{key}"
+    la, lb = _steps(tmp_path / "full"), _steps(tmp_path / "cut")
+    assert [s["loss"] for s in la] == [s["loss"] for s in lb]
+
+
+class PoisonedAfterEpoch1(SeededTransform):
+    """Image ``bad_index`` turns into NaNs from the second epoch on."""
+
+    bad_index = 0
+
+    def __getitem__(self, index):
+        crops, label = super().__getitem__(index)
+        if self.epoch >= 1 and index == self.bad_index:
+            crops = [torch.full_like(c, float("nan")) for c in crops]
+        return crops, label
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    cfg = tiny(tmp_path)
+    data = build_ssl_data(cfg)
+    t = data.train_set
+    data.train_set = PoisonedAfterEpoch1(t.dataset, t.transform, t.seed)
+    # Poison the image that epoch 2 visits last (DistributedSampler shuffles with seed + epoch):
+    # step 7 = the last of 4 batches of epoch 2, after the epoch-1 checkpoint was written.
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(cfg.seed + 1)).tolist()
+    data.train_set.bad_index = perm[-1]
+    saved = {}
+
+    def keep(engine, record):
+        if record["it"] == 4:
+            saved["bytes"] = (tmp_path / "checkpoint.pth").read_bytes()
+
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7 \(epoch 2/2, batch 4/4\)"):
+        train_dino(cfg, data=data, callbacks=[keep])
+    assert (tmp_path / "checkpoint.pth").read_bytes() == saved["bytes"]
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ckpt["epoch"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["student"].values())
+
+
+def test_teacher_gets_no_gradient_and_crop_sizes_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="local_crops_size=12 must be a positive multiple"):
+        build_ssl_data(tiny(tmp_path, local_crops_size=12))
+    from dinolab.train.recipes.dino import DINOTask, build_student
+
+    task = DINOTask(tiny(tmp_path), build_student(tiny(tmp_path)), None)
+    assert not any(p.requires_grad for p in task.teacher.parameters())
+    assert all(np.isfinite(float(p.detach().sum())) for p in task.student.parameters())
+
+
+def test_dino_trains_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
+    cfg = tiny(tmp_path / "run", epochs=1, warmup_epochs=0, batch_size_per_gpu=2,
+               data_path=str(tmp_path / "images"))
+    data = build_ssl_data(cfg)
+    assert len(data.train_set) == 10 and data.num_classes == 2
+    assert len(data.knn_test) == 2 and len(data.knn_train) == 8  # every 5th image held out
+    assert data.knn_test[0][0].shape == (3, 32, 32)
+    record = train_dino(cfg, data=data)
+    assert math.isfinite(record["train_loss"]) and 0 <= record["knn_top1"] <= 100
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "nowhere")))

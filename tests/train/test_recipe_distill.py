@@ -1,0 +1,132 @@
+"""The ``distill`` recipe: a frozen teacher from a dino run or an official-layout file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dinolab.train.checkpoint import load_checkpoint
+from dinolab.train.recipes.dino import DINOConfig, train_dino
+from dinolab.train.recipes.distill import DistillConfig, train_distill
+
+SMALL = dict(
+    batch_size_per_gpu=4,
+    num_images=16,
+    num_eval_images=8,
+    local_crops_number=2,
+    head_hidden_dim=32,
+    head_bottleneck_dim=16,
+    knn_k=5,
+    progress=False,
+    plots=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def dino_checkpoint(tmp_path_factory):
+    """A 1-epoch teacher: ViT of width 48, 2 blocks, K=64."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("dino")
+    train_dino(
+        DINOConfig(
+            output_dir=str(out),
+            epochs=1,
+            warmup_epochs=0,
+            out_dim=64,
+            embed_dim=48,
+            depth=2,
+            num_heads=2,
+            **SMALL,
+        )
+    )
+    return out / "checkpoint.pth"
+
+
+def test_distill_from_a_dino_checkpoint_trains_all_five_losses(tmp_path, dino_checkpoint):
+    cfg = DistillConfig(
+        output_dir=str(tmp_path),
+        epochs=2,
+        warmup_epochs=0,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        teacher_pretrained_weights=str(dino_checkpoint),
+        linear_probe_epochs=3,
+        **SMALL,
+    )
+    record = train_distill(cfg)
+    steps = [json.loads(x) for x in (tmp_path / "log_steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 8
+    for s in steps:
+        parts = [s[f"{k}_loss"] for k in ("dino", "ibot", "koleo", "cls", "spd")]
+        assert all(math.isfinite(p) for p in parts)
+        # The logged total is the weighted sum of the logged parts (weights 1, 1, .1, 1, .1).
+        weighted = parts[0] + parts[1] + 0.1 * parts[2] + parts[3] + 0.1 * parts[4]
+        assert s["loss"] == pytest.approx(weighted, rel=1e-5)
+    assert record["student_parameters"] < record["teacher_parameters"]
+    for key in (
+        "student_knn_top1",
+        "teacher_knn_top1",
+        "student_linear_top1",
+        "teacher_linear_top1",
+    ):
+        assert 0.0 <= record[key] <= 100.0
+    # The teacher was frozen: its weights in the distill checkpoint are the dino teacher's.
+    teacher = load_checkpoint(dino_checkpoint)["teacher"]
+    kept = load_checkpoint(tmp_path / "checkpoint.pth")["teacher"]
+    assert all(torch.equal(teacher[k], kept[k]) for k in teacher)
+    assert json.loads((tmp_path / "linear_probe.json").read_text())["student_parameters"] > 0
+
+
+def test_distill_from_an_official_backbone_file(tmp_path):
+    from dinolab.models import vit_course
+
+    official = vit_course(patch_size=8, img_size=32)
+    state = {k: v for k, v in official.state_dict().items() if k != "mask_token"}  # DINO v1
+    torch.save(state, tmp_path / "dino_vit_pretrain.pth")
+    cfg = DistillConfig(
+        output_dir=str(tmp_path / "run"),
+        epochs=1,
+        warmup_epochs=0,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        out_dim=32,
+        teacher_pretrained_weights=str(tmp_path / "dino_vit_pretrain.pth"),
+        teacher_arch="vit_course",
+        teacher_patch_size=8,
+        linear_probe_epochs=0,
+        **SMALL,
+    )
+    with pytest.warns(UserWarning, match="fixed random projection"):
+        record = train_distill(cfg)
+    assert math.isfinite(record["train_loss"])
+    kept = load_checkpoint(tmp_path / "run" / "checkpoint.pth")["teacher"]
+    assert torch.equal(kept["backbone.pos_embed"], state["pos_embed"])
+
+
+def test_distill_refuses_missing_teachers_and_impossible_settings(tmp_path, dino_checkpoint):
+    base = dict(output_dir=str(tmp_path), epochs=1, embed_dim=16, depth=1, num_heads=2, **SMALL)
+    with pytest.raises(FileNotFoundError, match="train a teacher first"):
+        train_distill(DistillConfig(teacher_pretrained_weights=str(tmp_path / "none.pth"), **base))
+    with pytest.raises(ValueError, match="iBOT compares patches"):
+        train_distill(
+            DistillConfig(teacher_pretrained_weights=str(dino_checkpoint), patch_size=16, **base)
+        )
+    zero = {f"{k}_loss_weight": 0.0 for k in ("dino", "ibot", "koleo", "cls", "spd")}
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        train_distill(
+            DistillConfig(teacher_pretrained_weights=str(dino_checkpoint), **zero, **base)
+        )

@@ -1,0 +1,93 @@
+"""``dinolab eval``: k-NN and linear probe of a checkpoint's frozen backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dinolab.train.recipes.dino import DINOConfig, train_dino
+from dinolab.train.recipes.evaluate import EvalConfig, eval_knn, eval_linear, load_backbone
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("dino")
+    record = train_dino(
+        DINOConfig(
+            output_dir=str(out),
+            epochs=1,
+            warmup_epochs=0,
+            batch_size_per_gpu=4,
+            num_images=16,
+            num_eval_images=8,
+            local_crops_number=2,
+            out_dim=64,
+            head_hidden_dim=32,
+            head_bottleneck_dim=16,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            knn_k=5,
+            progress=False,
+            plots=False,
+            device="cpu",
+        )
+    )
+    return out, record
+
+
+def _cfg(run, **kw) -> EvalConfig:
+    base = dict(
+        pretrained_weights=str(run[0] / "checkpoint.pth"),
+        num_images=16,
+        num_eval_images=8,
+        progress=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def test_knn_of_a_checkpoint_equals_the_accuracy_logged_during_training(run, tmp_path):
+    result = eval_knn(_cfg(run, nb_knn=(5, 200), output_dir=str(tmp_path)))
+    # Same teacher backbone, same data, same k and T: the same number (exactly).
+    assert result["knn_top1"]["5"] == run[1]["knn_top1"]
+    assert result["train_images"] == 16 and result["test_images"] == 8
+    assert 0.0 <= result["knn_top1"]["200"] <= 100.0  # k capped at the 16 stored features
+    assert json.loads((tmp_path / "eval_knn.json").read_text()) == result
+
+
+def test_linear_probe_and_backbone_loading(run):
+    backbone, size = load_backbone(_cfg(run))
+    assert size == 32 and backbone.embed_dim == 32 and len(backbone.blocks) == 2
+    result = eval_linear(_cfg(run, epochs=2, n_last_blocks=2))
+    assert result["feature_dim"] == 64  # CLS of the last 2 blocks, concatenated
+    assert 0.0 <= result["linear_top1"] <= 100.0
+
+
+def test_missing_and_foreign_weights_are_refused(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone(_cfg(run, pretrained_weights=str(tmp_path / "x.pth")))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(ValueError):
+        load_backbone(
+            _cfg(
+                run,
+                pretrained_weights=str(tmp_path / "foreign.pth"),
+                arch="vit_course",
+                patch_size=8,
+            )
+        )
+    with pytest.raises(ValueError, match="no 'ema' entry"):
+        load_backbone(_cfg(run, checkpoint_key="ema"))

@@ -1,0 +1,130 @@
+"""The ``kd`` recipe: four phases on a slice of the bundled digits, EMA and train/eval modes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from dinolab.train.engine import StepContext
+from dinolab.train.recipes.kd import (
+    PHASES,
+    KDConfig,
+    KDTask,
+    SupervisedTask,
+    load_kd_data,
+    train_kd,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(tmp_path, **kw) -> KDConfig:
+    base = dict(
+        output_dir=str(tmp_path),
+        epochs=2,
+        batch_size_per_gpu=32,
+        num_images=192,
+        img_size=16,
+        teacher_width=8,
+        student_width=4,
+        progress=False,
+        plots=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return KDConfig(**base)
+
+
+def test_kd_data_is_a_stratified_standardised_split(tmp_path):
+    train, val, classes, channels = load_kd_data(tiny(tmp_path, num_images=3000))
+    assert (classes, channels) == (10, 1)
+    assert len(train) + len(val) == 1797
+    assert train.tensors[0].shape[1:] == (1, 16, 16)
+    counts = torch.bincount(val.tensors[1], minlength=10).float()
+    assert float(counts.min()) >= 0.2 * 170 and float(counts.max()) <= 0.3 * 185  # ~25% each
+    x = train.tensors[0]
+    assert float(x.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(x.std()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="img_size=24 must be a positive multiple of 16"):
+        load_kd_data(tiny(tmp_path, img_size=24))
+
+
+def test_all_four_phases_run_and_write_the_results_table(tmp_path):
+    modes = []
+
+    def watch(engine, record):
+        task = engine.task
+        modes.append(
+            (
+                task.name,
+                task.student.training,
+                getattr(task, "teacher", nn.Module()).training if task.name != "teacher" else None,
+            )
+        )
+
+    results = train_kd(tiny(tmp_path), callbacks=[watch])
+    assert list(results) == list(PHASES)
+    for name, r in results.items():
+        assert 0.0 <= r["val_acc"] <= 100.0
+        assert (r["ema_val_acc"] is None) == (name == "teacher")
+    assert results["teacher"]["parameters"] > 5 * results["student_kd"]["parameters"]
+    assert len({r["parameters"] for n, r in results.items() if n != "teacher"}) == 1
+    # Students train in train mode after every evaluation; the KD teacher stays in eval mode.
+    assert all(student_training for _, student_training, _ in modes)
+    assert all(t is False for name, _, t in modes if name in ("student_kd", "student_kd_ce"))
+    table = (tmp_path / "results.md").read_text()
+    assert "| student_kd_ce |" in table and "EMA" in table
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    # --resume after the end re-evaluates each finished phase and changes nothing.
+    assert train_kd(tiny(tmp_path, resume=True)) == results
+
+
+def test_kd_teacher_runs_without_autograd_and_the_loss_mixes_ce():
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(5, 3), nn.Linear(5, 3)
+    val = TensorDataset(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    task = KDTask(
+        "student_kd_ce", student, teacher, val, temperature=4.0, alpha=0.9, ema_momentum=None
+    )
+    loss = task.loss(student(x), x, y)
+    loss.backward()
+    assert teacher.weight.grad is None and not teacher.weight.requires_grad
+    # Hinton's mix written out: 0.9 * T^2 * KL(p_t || p_s) at T=4 + 0.1 * CE.
+    with torch.no_grad():
+        pt = torch.softmax(teacher(x) / 4, dim=1)
+        log_ps = torch.log_softmax(student(x) / 4, dim=1)
+        kl = (pt * (pt.log() - log_ps)).sum(dim=1).mean() * 16
+        ce = nn.functional.cross_entropy(student(x), y)
+    assert float(loss.detach()) == pytest.approx(float(0.9 * kl + 0.1 * ce), rel=1e-5)
+
+
+def test_student_ema_averages_its_own_weights_and_copies_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    task = SupervisedTask("s", model, TensorDataset(torch.zeros(1, 3), torch.zeros(1)), 0.9)
+    before = copy.deepcopy(task.ema.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(8, 3))  # moves the running statistics
+    ctx = StepContext(0, 0, 0, 1, 1, model, torch.device("cpu"), 0.1, 0.0)
+    assert task.after_optimizer_step(ctx) == {"momentum": 0.9}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(
+            task.ema.state_dict()[name], 0.9 * before[name] + 0.1 * p, rtol=1e-6, atol=1e-7
+        )  # one float32 rounding
+    assert torch.equal(
+        task.ema.state_dict()["1.running_mean"], model.state_dict()["1.running_mean"]
+    )
