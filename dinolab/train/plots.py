@@ -20,10 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: never open a window, also on a headless CI machine
-import matplotlib.pyplot as plt  # noqa: E402
+# A bare Figure (no pyplot) renders to files without touching the global backend, so
+# plotting during training neither opens windows nor disables a notebook's inline figures.
+from matplotlib.figure import Figure
 
 __all__ = ["read_log", "plot_run", "plot_comparison", "PLOTS"]
 
@@ -127,7 +126,8 @@ def plot_run(output_dir: str | Path, title: str = "") -> list[Path]:
         drawn = [d for d in drawn if d[3]]
         if not drawn:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig = Figure(figsize=(6.4, 4.0))
+        ax = fig.subplots()
         for log, _key, label, xs, ys in drawn:
             if log == "epoch" or len(xs) == 1:
                 ax.plot(xs, ys, marker="o", label=label)
@@ -141,7 +141,6 @@ def plot_run(output_dir: str | Path, title: str = "") -> list[Path]:
         fig.tight_layout()
         path = output_dir / filename
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
     return written
 
@@ -166,7 +165,8 @@ def plot_comparison(
     Raises:
         ValueError: none of the runs logged ``key``.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     drawn = 0
     for label, run_dir in runs.items():
         records = read_log(
@@ -177,7 +177,6 @@ def plot_comparison(
             ax.plot(xs, ys, label=label, marker="o" if log == "epoch" else None, linewidth=1.0)
             drawn += 1
     if not drawn:
-        plt.close(fig)
         raise ValueError(f"plot_comparison: no run among {list(runs)} logged {key!r}")
     ax.set_title(title)
     ax.set_xlabel("training iteration")
@@ -187,5 +186,4 @@ def plot_comparison(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
