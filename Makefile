@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MPLBACKEND ?= Agg
 
-.PHONY: help install test lint pytest bench clean
+.PHONY: help install test lint pytest bench experiments clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -43,6 +43,9 @@ course: $(PY)  ## run every lesson headless into build/course/ (notebooks + figu
 bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) benchmarks/run.py
+
+experiments: $(PY)  ## KD report, DINO vs baselines, collapse study (long); writes benchmarks/EXPERIMENTS.md
+	$(PY) experiments/run.py
 
 clean:  ## remove caches and build outputs (keeps .venv/)
 	rm -rf build .pytest_cache .ruff_cache
