@@ -34,43 +34,52 @@ __all__ = ["knn_votes", "knn_classify", "knn_accuracy"]
 ArrayLike = torch.Tensor | np.ndarray
 
 
-def _as_tensor(name: str, value: ArrayLike) -> torch.Tensor:
+# The three checks below are shared with the linear probe (``owner`` prefixes the message).
+
+
+def _as_tensor(name: str, value: ArrayLike, owner: str = "knn") -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
     raise ValueError(
-        f"knn: {name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}"
+        f"{owner}: {name} must be a torch.Tensor or a NumPy array, got {type(value).__name__}"
     )
 
 
-def _check_features(name: str, features: torch.Tensor) -> None:
+def _check_features(name: str, features: torch.Tensor, owner: str = "knn") -> None:
     if features.ndim != 2:
-        raise ValueError(f"knn: {name} must be 2-D [rows, D], got shape {tuple(features.shape)}")
+        raise ValueError(
+            f"{owner}: {name} must be 2-D [rows, D], got shape {tuple(features.shape)}"
+        )
     if features.shape[0] == 0 or features.shape[1] == 0:
-        raise ValueError(f"knn: {name} is empty, shape {tuple(features.shape)}")
+        raise ValueError(f"{owner}: {name} is empty, shape {tuple(features.shape)}")
     if not features.is_floating_point():
-        raise ValueError(f"knn: {name} must be floating point, got {features.dtype}")
+        raise ValueError(f"{owner}: {name} must be floating point, got {features.dtype}")
     bad = int((~torch.isfinite(features)).sum())
     if bad:
         raise ValueError(
-            f"knn: {name} has {bad} NaN or infinite values (of {features.numel()}); "
+            f"{owner}: {name} has {bad} NaN or infinite values (of {features.numel()}); "
             "expected finite features"
         )
 
 
-def _check_labels(name: str, labels: torch.Tensor, rows: int, num_classes: int) -> torch.Tensor:
+def _check_labels(
+    name: str, labels: torch.Tensor, rows: int, num_classes: int, owner: str = "knn"
+) -> torch.Tensor:
     if labels.ndim != 1 or labels.shape[0] != rows:
         raise ValueError(
-            f"knn: {name} must have shape [{rows}] (one label per feature row), "
+            f"{owner}: {name} must have shape [{rows}] (one label per feature row), "
             f"got {tuple(labels.shape)}"
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"knn: {name} must hold integer class indices, got dtype {labels.dtype}")
+        raise ValueError(
+            f"{owner}: {name} must hold integer class indices, got dtype {labels.dtype}"
+        )
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise ValueError(
-            f"knn: {name} must lie in [0, num_classes={num_classes}), got values in "
+            f"{owner}: {name} must lie in [0, num_classes={num_classes}), got values in "
             f"[{low}, {high}]"
         )
     return labels.long()

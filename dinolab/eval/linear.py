@@ -34,17 +34,16 @@ import math
 import operator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dinolab.eval.knn import ArrayLike, _as_tensor, _check_features, _check_labels
 from dinolab.schedules import cosine_schedule
 
 __all__ = ["LinearClassifier", "LinearProbeResult", "train_linear_probe"]
 
-ArrayLike = torch.Tensor | np.ndarray
 
 
 class LinearClassifier(nn.Module):
@@ -102,47 +101,6 @@ class LinearProbeResult:
     accuracy: float
     classifier: LinearClassifier
     history: dict[str, list[float]] = field(default_factory=dict)
-
-
-def _tensor(name: str, value: ArrayLike) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    raise ValueError(
-        f"train_linear_probe: {name} must be a torch.Tensor or NumPy array, "
-        f"got {type(value).__name__}"
-    )
-
-
-def _check_pair(
-    prefix: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> None:
-    owner = "train_linear_probe"
-    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
-        raise ValueError(
-            f"{owner}: {prefix}_features must be a non-empty 2-D [rows, D] array, got shape "
-            f"{tuple(features.shape)}"
-        )
-    if not features.is_floating_point():
-        raise ValueError(f"{owner}: {prefix}_features must be floating point, got {features.dtype}")
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{owner}: {prefix}_features contain NaN or infinite values")
-    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"{owner}: {prefix}_labels must have shape [{features.shape[0]}], got "
-            f"{tuple(labels.shape)}"
-        )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(
-            f"{owner}: {prefix}_labels must hold integer class indices, got {labels.dtype}"
-        )
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"{owner}: {prefix}_labels must lie in [0, num_classes={num_classes}), got values "
-            f"in [{low}, {high}]"
-        )
 
 
 def _positive_int(name: str, value: int) -> int:
@@ -226,12 +184,14 @@ def train_linear_probe(
     if momentum >= 1:
         raise ValueError(f"{owner}: momentum must be in [0, 1), got {momentum!r}")
 
-    x_train = _tensor("train_features", train_features)
-    y_train = _tensor("train_labels", train_labels)
-    x_test = _tensor("test_features", test_features)
-    y_test = _tensor("test_labels", test_labels)
-    _check_pair("train", x_train, y_train, num_classes)
-    _check_pair("test", x_test, y_test, num_classes)
+    owner = "train_linear_probe"
+    x_train = _as_tensor("train_features", train_features, owner)
+    y_train = _as_tensor("train_labels", train_labels, owner)
+    x_test = _as_tensor("test_features", test_features, owner)
+    y_test = _as_tensor("test_labels", test_labels, owner)
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        _check_features(f"{name}_features", x, owner)
+        _check_labels(f"{name}_labels", y, x.shape[0], num_classes, owner)
     if x_train.shape[1] != x_test.shape[1]:
         raise ValueError(
             f"{owner}: train_features have D={x_train.shape[1]} but test_features have "
