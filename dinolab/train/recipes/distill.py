@@ -468,14 +468,13 @@ def train_distill(
     The returned dict adds ``student_linear_top1`` and ``teacher_linear_top1`` (%, when
     ``linear_probe_epochs > 0``), ``teacher_knn_top1`` and the parameter counts.
     """
-    from dinolab.data.multicrop import multicrop_collate
     from dinolab.models import count_parameters
 
     fix_random_seeds(cfg.seed)
     data = data if data is not None else build_ssl_data(cfg)
     t_backbone, t_head, out_dim = load_teacher(cfg)
     task = DistillTask(cfg, t_backbone, t_head, out_dim, data)
-    engine = Engine(task, data.train_set, cfg, collate_fn=multicrop_collate, callbacks=callbacks)
+    engine = Engine(task, data.train_set, cfg, collate_fn=data.collate_fn, callbacks=callbacks)
     record = dict(engine.fit())
     record["student_parameters"] = count_parameters(task.student.backbone)
     record["teacher_parameters"] = count_parameters(t_backbone)
