@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dinolab.data import CropParams
 from dinolab.schedules import cosine_schedule
 from dinolab.train.checkpoint import load_checkpoint
 from dinolab.train.engine import NonFiniteLossError, SeededTransform
@@ -109,7 +110,10 @@ class PoisonedAfterEpoch1(SeededTransform):
     def __getitem__(self, index):
         crops, label = super().__getitem__(index)
         if self.epoch >= 1 and index == self.bad_index:
-            crops = [torch.full_like(c, float("nan")) for c in crops]
+            if isinstance(crops, CropParams):  # batched augmentation: poison the image itself
+                crops = CropParams(torch.full(crops.image.shape, float("nan")), crops.params)
+            else:
+                crops = [torch.full_like(c, float("nan")) for c in crops]
         return crops, label
 
 
@@ -165,3 +169,30 @@ def test_dino_trains_on_an_image_folder(tmp_path):
     assert math.isfinite(record["train_loss"]) and 0 <= record["knn_top1"] <= 100
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "nowhere")))
+
+
+def test_koleo_term_is_added_to_the_dino_loss_with_its_weight(tmp_path):
+    cfg = tiny(tmp_path, epochs=1, koleo_loss_weight=0.5)
+    train_dino(cfg)
+    steps = _steps(tmp_path)
+    assert len(steps) == 4
+    for s in steps:
+        # The logged loss is the sum the optimiser saw; rtol 1e-5 covers float32 rounding.
+        assert math.isfinite(s["koleo_loss"]) and math.isfinite(s["dino_loss"])
+        assert s["loss"] == pytest.approx(s["dino_loss"] + 0.5 * s["koleo_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="koleo_loss_weight=-1"):
+        train_dino(tiny(tmp_path / "bad", koleo_loss_weight=-1.0))
+
+
+def test_batched_and_per_crop_augmentation_both_train(tmp_path):
+    from dinolab.data import BatchedMultiCrop
+    from dinolab.data.multicrop import multicrop_collate
+
+    batched = build_ssl_data(tiny(tmp_path))
+    assert isinstance(batched.train_set.transform, BatchedMultiCrop)
+    views, _ = batched.collate_fn([batched.train_set[i] for i in range(4)])
+    assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
+    per_crop = build_ssl_data(tiny(tmp_path, batched_augmentation=False))
+    assert per_crop.collate_fn is multicrop_collate
+    record = train_dino(tiny(tmp_path / "per_crop", epochs=1, batched_augmentation=False))
+    assert math.isfinite(record["train_loss"])

@@ -163,6 +163,14 @@ class DINOConfig(SSLConfig):
             choices=("centering", "sinkhorn_knopp", "none"),
         ),
     )
+    koleo_loss_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of the KoLeo regulariser on the student's backbone features of the two global "
+            "crops (DINOv2: 0.1; official DINO: none, 0). It spreads the features of a batch "
+            "apart, which keeps short runs from collapsing to a uniform teacher."
+        ),
+    )
     monitor_every: int = field(
         default=1,
         metadata=_help(
@@ -250,7 +258,7 @@ class DINOTask(Task):
     name = "dino"
 
     def __init__(self, cfg: DINOConfig, student: nn.Module, data: SSLData | None) -> None:
-        from dinolab.losses import DINOLoss
+        from dinolab.losses import DINOLoss, KoLeoLoss
         from dinolab.models import StudentTeacherWrapper
 
         self.cfg = cfg
@@ -271,6 +279,9 @@ class DINOTask(Task):
             check_finite=False,  # the engine checks the loss itself and names the step
         )
         self.momentum_schedule = np.array([cfg.momentum_teacher])
+        if cfg.koleo_loss_weight < 0:
+            raise ValueError(f"koleo_loss_weight={cfg.koleo_loss_weight} must be >= 0")
+        self.koleo = KoLeoLoss() if cfg.koleo_loss_weight > 0 else None
         self.device = torch.device("cpu")
 
     def setup(self, epochs: int, niter_per_ep: int, device: torch.device) -> None:
@@ -294,7 +305,14 @@ class DINOTask(Task):
         crops, _ = batch
         crops = [c.to(ctx.device, non_blocking=True) for c in crops]
         teacher_output = self.pair.forward_teacher(crops[:2])  # only the 2 global views
-        student_output = ctx.student(crops)
+        koleo: torch.Tensor | None = None
+        if self.koleo is not None:
+            student_output, features = ctx.student(crops, return_features=True)
+            # DINOv2: KoLeo on each global crop's batch of backbone features, summed.
+            b = crops[0].shape[0]
+            koleo = sum(self.koleo(f) for f in features[: 2 * b].chunk(2))
+        else:
+            student_output = ctx.student(crops)
         if not (torch.isfinite(student_output).all() and torch.isfinite(teacher_output).all()):
             return nonfinite_loss(student_output), {}
         metrics: dict[str, float] = {}
@@ -307,6 +325,10 @@ class DINOTask(Task):
             metrics["log_out_dim"] = float(np.log(self.cfg.out_dim))
         loss = self.dino_loss(student_output, teacher_output, ctx.epoch)
         metrics["teacher_temp"] = self.dino_loss.teacher_temp_at(ctx.epoch)
+        if koleo is not None:
+            metrics["dino_loss"] = float(loss.detach())
+            metrics["koleo_loss"] = float(koleo.detach())
+            loss = loss + self.cfg.koleo_loss_weight * koleo
         return loss, metrics
 
     def after_optimizer_step(self, ctx: StepContext) -> dict[str, float]:
@@ -358,8 +380,6 @@ def train_dino(
     """
     fix_random_seeds(cfg.seed)
     data = data if data is not None else build_ssl_data(cfg)
-    from dinolab.data.multicrop import multicrop_collate
-
     task = DINOTask(cfg, build_student(cfg), data)
-    engine = Engine(task, data.train_set, cfg, collate_fn=multicrop_collate, callbacks=callbacks)
+    engine = Engine(task, data.train_set, cfg, collate_fn=data.collate_fn, callbacks=callbacks)
     return engine.fit()
