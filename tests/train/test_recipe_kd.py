@@ -17,6 +17,7 @@ from dinolab.train.recipes.kd import (
     KDTask,
     SupervisedTask,
     load_kd_data,
+    random_shift,
     train_kd,
 )
 
@@ -128,3 +129,40 @@ def test_student_ema_averages_its_own_weights_and_copies_batchnorm_statistics():
     assert torch.equal(
         task.ema.state_dict()["1.running_mean"], model.state_dict()["1.running_mean"]
     )
+
+
+def _shift_reference(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """out[:, i, j] = img[:, clamp(i + dy), clamp(j + dx)], written as loops."""
+    c, h, w = img.shape
+    out = torch.empty_like(img)
+    for i in range(h):
+        for j in range(w):
+            out[:, i, j] = img[:, min(max(i + dy, 0), h - 1), min(max(j + dx, 0), w - 1)]
+    return out
+
+
+def test_random_shift_translates_each_image_within_the_range():
+    torch.manual_seed(0)
+    x = torch.rand(6, 2, 5, 7)
+    assert random_shift(x, 0) is x
+    out = random_shift(x, 2)
+    seen = set()
+    for b in range(6):
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[b], _shift_reference(x[b], dy, dx))
+        ]
+        assert matches, f"image {b} is not a clamped shift of at most 2 pixels"
+        seen.add(matches[0])
+    assert len(seen) > 1  # shifts are drawn per image, not once per batch
+    with pytest.raises(ValueError, match="max_shift=-1"):
+        random_shift(x, -1)
+
+
+def test_augment_shift_trains_every_phase_and_is_checked(tmp_path):
+    results = train_kd(tiny(tmp_path, epochs=1, augment_shift=1))
+    assert set(results) == set(PHASES)
+    with pytest.raises(ValueError, match="augment_shift=-2"):
+        train_kd(tiny(tmp_path / "bad", epochs=1, augment_shift=-2))

@@ -46,7 +46,15 @@ from dinolab.train import distributed as du
 from dinolab.train.engine import Engine, StepContext, Task, TrainConfig, fix_random_seeds
 from dinolab.train.recipes.common import _help
 
-__all__ = ["KDConfig", "SupervisedTask", "KDTask", "load_kd_data", "train_kd", "PHASES"]
+__all__ = [
+    "KDConfig",
+    "SupervisedTask",
+    "KDTask",
+    "load_kd_data",
+    "random_shift",
+    "train_kd",
+    "PHASES",
+]
 
 PHASES = ("teacher", "student_labels", "student_kd", "student_kd_ce")
 
@@ -144,6 +152,14 @@ class KDConfig(TrainConfig):
             "Weight of the KD term in the student_kd_ce phase; the cross-entropy gets 1 - alpha."
         ),
     )
+    augment_shift: int = field(
+        default=0,
+        metadata=_help(
+            "Shift each training image by a random whole number of pixels in [-N, N] along each "
+            "axis (edges repeated), drawn anew every step and used by every phase; in the KD "
+            "phases the teacher labels the very view the student sees. 0: no augmentation."
+        ),
+    )
     ema_momentum: float = field(
         default=0.99,
         metadata=_help(
@@ -238,6 +254,34 @@ def accuracy(
     return 100.0 * correct / max(total, 1)
 
 
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image by its own random ``(dy, dx)`` in ``[-max_shift, max_shift]``.
+
+    Pixels shifted in from outside repeat the nearest edge pixel. Draws from torch's global
+    generator (on ``x``'s device).
+
+    Args:
+        x: images ``[B, C, H, W]``.
+        max_shift: largest shift in pixels (>= 0).
+
+    Returns:
+        ``[B, C, H, W]``: ``out[b, :, i, j] = x[b, :, clamp(i + dy_b), clamp(j + dx_b)]``.
+    """
+    if max_shift < 0:
+        raise ValueError(f"random_shift: max_shift={max_shift} must be >= 0")
+    if max_shift == 0:
+        return x
+    b, _, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    dy, dx = torch.randint(-s, s + 1, (2, b, 1), device=x.device)
+    rows = torch.arange(h, device=x.device) + s + dy  # [B, H]
+    cols = torch.arange(w, device=x.device) + s + dx  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 class SupervisedTask(Task):
     """Train ``model`` on labels with cross-entropy; optionally keep an EMA of its weights.
 
@@ -270,6 +314,7 @@ class SupervisedTask(Task):
                 p.requires_grad_(False)
             self.ema.eval()
         self.device = torch.device("cpu")
+        self.augment_shift = 0  # set by the recipe: random shifts of up to this many pixels
 
     def setup(self, epochs: int, niter_per_ep: int, device: torch.device) -> None:
         self.device = device
@@ -285,6 +330,8 @@ class SupervisedTask(Task):
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = (t.to(ctx.device, non_blocking=True) for t in batch)
+        if self.augment_shift:
+            x = random_shift(x, self.augment_shift)
         logits = ctx.student(x)
         loss = self.loss(logits, x, y)
         acc = float((logits.detach().argmax(dim=1) == y).float().mean()) * 100.0
@@ -435,6 +482,9 @@ def train_kd(
                     ema,
                     cfg.ema_buffers,
                 )
+        if cfg.augment_shift < 0:
+            raise ValueError(f"augment_shift={cfg.augment_shift} must be >= 0 (pixels)")
+        task.augment_shift = cfg.augment_shift
         record = Engine(task, train_set, phase_cfg, callbacks=callbacks).fit()
         results[phase] = {
             "parameters": count_parameters(task.student),
