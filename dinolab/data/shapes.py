@@ -1,12 +1,12 @@
 """``Shapes``: a synthetic, offline image-classification set built for self-supervised lessons.
 
 Each image shows one filled shape (circle, square, triangle, cross, ring or star) at a random
-position, size, rotation and colour, drawn over a random textured background (a two-colour
-gradient, sine stripes and pixel noise). The label is the shape. Colour, position and
-background dominate the pixel values while the label depends only on the silhouette, so
-nearest neighbours in raw pixel space are a weak classifier (about 0.3 accuracy with six
-classes, see ``tests/data/test_shapes.py``), and a representation has to become invariant to
-exactly the nuisances that multi-crop augmentation varies.
+position, size, rotation and colour, over a background of a random grey level with pixel
+noise. The label is the shape. Colour, position, size and background brightness dominate the
+pixel values while the label depends only on the silhouette, so nearest neighbours in raw
+pixel space are a weak classifier (about 0.38 accuracy with six classes, chance 0.17; see
+``tests/data/test_shapes.py``), and a representation has to become invariant to exactly the
+nuisances that multi-crop augmentation varies.
 
 Everything is drawn from NumPy generators seeded by ``(seed, split)``: the same arguments
 give the same images, and the train and test splits are independent draws. Generated arrays
@@ -78,18 +78,14 @@ def _draw_chunk(labels: np.ndarray, img_size: int, rng: np.random.Generator) -> 
     def draw(*shape: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         return rng.uniform(low, high, shape).astype(f32)
 
-    # Background, smooth so drawn at output resolution: a gradient between two colours along
-    # a random direction, plus sine stripes of random frequency, angle, phase and colour sign.
-    x, y = grid(s)
-    c1, c2 = draw(n, 1, 1, 3), draw(n, 1, 1, 3)
-    phi = draw(n, 1, 1, high=2 * np.pi)
-    t = np.clip((x - 0.5) * np.cos(phi) + (y - 0.5) * np.sin(phi) + 0.5, 0, 1)[..., None]
-    bg = c1 + (c2 - c1) * t
-    psi, phase = draw(n, 1, 1, high=2 * np.pi), draw(n, 1, 1, high=2 * np.pi)
-    freq = draw(n, 1, 1, low=1.5, high=5.0)  # cycles per image side
-    amp = draw(n, 1, 1, 1, high=0.15) * rng.choice(np.array([-1, 1], f32), (n, 1, 1, 3))
-    stripes = np.sin(2 * np.pi * freq * (x * np.cos(psi) + y * np.sin(psi)) + phase)
-    bg += amp * stripes[..., None]
+    # Background: one random grey level per image (pixel noise is added at the end). An
+    # earlier version drew coloured gradients and sine stripes; on those, a 4-block ViT with
+    # 8-px patches stayed at chance after 300 supervised steps (k-NN 27%) and DINO drifted to a
+    # uniform teacher, because the texture, shared by every crop of an image, was an easier
+    # invariant than the silhouette. On grey backgrounds the same ViT reaches k-NN 47% in 300
+    # supervised steps, and DINO learns (benchmarks/EXPERIMENTS.md).
+    grey = draw(n, 1, 1, 1)
+    bg = np.broadcast_to(grey, (n, s, s, 3)).copy()
 
     # Shape: random centre, radius and rotation; the silhouette is tested in its own frame on
     # an ss-times finer grid, and its coverage of each pixel becomes the blending weight.
@@ -200,7 +196,7 @@ class ArrayImageDataset(Dataset):
 
 
 class Shapes(ArrayImageDataset):
-    """Synthetic coloured shapes on textured backgrounds, generated from a seed.
+    """Synthetic coloured shapes on noisy grey backgrounds, generated from a seed.
 
     Args:
         n: number of images in this split.
