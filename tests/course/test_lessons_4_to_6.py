@@ -72,3 +72,17 @@ def test_lesson_6_reads_the_checkpoint_lesson_4_3_writes() -> None:
     assert written == read, f"lesson 4.3 writes {written!r} but lesson 6 reads {read!r}"
     # Lessons run with course/ as the working directory: the file must land in the ignored build/.
     assert (COURSE / written).resolve().is_relative_to(ROOT / "build"), written
+
+
+def test_lessons_4_3_and_6_look_for_the_teacher_make_experiments_writes() -> None:
+    # experiments/run.py trains its DINO run into runs/experiments/dino (RUNS / "dino").
+    expected = (ROOT / "runs" / "experiments" / "dino" / "checkpoint.pth").resolve()
+    shown = ast.literal_eval(
+        _parameters(_read("04_3_dino_loss_and_training_loop.ipynb"))["EXPERIMENT_CHECKPOINT"]
+    )
+    distilled = ast.literal_eval(
+        _parameters(_read("06_distilling_a_frozen_teacher.ipynb"))["EXPERIMENT_TEACHER"]
+    )
+    for value in (shown, distilled):
+        assert (COURSE / value).resolve() == expected, value
+    assert 'RUNS / "dino"' in (ROOT / "experiments" / "run.py").read_text()
