@@ -619,7 +619,9 @@ class Engine:
 
         Every rank must hold the same student (DDP) and teacher (EMA of identical students);
         0.0 confirms it. Each entry of ``task.state_dict()`` that is a state dict contributes
-        the float64 sum of its floating tensors.
+        the float64 sum of its floating tensors, except BatchNorm running statistics: without
+        SyncBatchNorm each rank updates them from its own part of the batch (DDP broadcasts
+        rank 0's at the start of every forward, and rank 0 writes the checkpoint).
         """
         sums = []
         for value in self.task.state_dict().values():
@@ -627,8 +629,10 @@ class Engine:
                 sums.append(
                     sum(
                         float(t.double().sum())
-                        for t in value.values()
-                        if isinstance(t, torch.Tensor) and t.is_floating_point()
+                        for k, t in value.items()
+                        if isinstance(t, torch.Tensor)
+                        and t.is_floating_point()
+                        and not str(k).endswith(("running_mean", "running_var"))
                     )
                 )
         gathered: list[Any] = [None] * self.dist.world_size

@@ -160,3 +160,120 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         if key.startswith("backbone.blocks") and value.is_floating_point():
             moved = max(moved, float((value - a["teacher"][key]).abs().max()))
     assert moved > 1e-3, "the student barely moved: the comparison would prove nothing"
+
+
+def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dinolab",
+            "train",
+            recipe,
+            *flags,
+        ],
+        cwd,
+    )
+
+
+COMMON = ["--device", "cpu", "--progress", "false", "--plots", "false"]
+
+
+def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path):
+    """The other two recipes under torchrun: they finish, and DDP keeps the ranks equal."""
+    kd = tmp_path / "kd"
+    _torchrun(
+        "kd",
+        [
+            *COMMON,
+            "--epochs",
+            "1",
+            "--num_images",
+            "192",
+            "--batch_size_per_gpu",
+            "16",
+            "--teacher_width",
+            "8",
+            "--student_width",
+            "4",
+            "--phases",
+            "teacher",
+            "student_kd",
+            "--output_dir",
+            str(kd),
+        ],
+        tmp_path,
+    )
+    results = json.loads((kd / "results.json").read_text())
+    assert set(results) == {"teacher", "student_kd"}
+    for phase in results:
+        epochs = [json.loads(x) for x in (kd / phase / "log_epochs.jsonl").read_text().splitlines()]
+        # DDP all-reduces the gradients, so both ranks apply the same update; BatchNorm's
+        # running statistics are each rank's own (no SyncBatchNorm), which the spread ignores.
+        assert all(e["rank_weight_spread"] == 0.0 for e in epochs), phase
+        assert load_checkpoint(kd / phase / "checkpoint.pth")["world_size"] == 2
+
+    teacher = tmp_path / "teacher"
+    small = ["--num_images", "16", "--num_eval_images", "8", "--local_crops_number", "2"]
+    small += ["--head_hidden_dim", "32", "--head_bottleneck_dim", "16", "--knn_k", "5"]
+    small += ["--warmup_epochs", "0"]
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "dinolab",
+            "train",
+            "dino",
+            *COMMON,
+            *small,
+            "--epochs",
+            "1",
+            "--batch_size_per_gpu",
+            "4",
+            "--out_dim",
+            "64",
+            "--embed_dim",
+            "32",
+            "--depth",
+            "2",
+            "--num_heads",
+            "2",
+            "--output_dir",
+            str(teacher),
+        ],
+        tmp_path,
+    )
+    distill = tmp_path / "distill"
+    _torchrun(
+        "distill",
+        [
+            *COMMON,
+            *small,
+            "--epochs",
+            "1",
+            "--batch_size_per_gpu",
+            "4",
+            "--embed_dim",
+            "16",
+            "--depth",
+            "2",
+            "--num_heads",
+            "2",
+            "--linear_probe_epochs",
+            "0",
+            "--teacher_pretrained_weights",
+            str(teacher / "checkpoint.pth"),
+            "--output_dir",
+            str(distill),
+        ],
+        tmp_path,
+    )
+    steps = [json.loads(x) for x in (distill / "log_steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 2  # 16 images / (4 per process x 2 processes)
+    epochs = [json.loads(x) for x in (distill / "log_epochs.jsonl").read_text().splitlines()]
+    assert all(e["rank_weight_spread"] == 0.0 for e in epochs)
+    assert load_checkpoint(distill / "checkpoint.pth")["world_size"] == 2
