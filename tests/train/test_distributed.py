@@ -93,6 +93,24 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
+def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dinolab",
+            "train",
+            recipe,
+            *flags,
+        ],
+        cwd,
+    )
+
+
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run(
@@ -110,25 +128,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         ],
         tmp_path,
     )
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "dinolab",
-            "train",
-            "dino",
-            *FLAGS,
-            "--batch_size_per_gpu",
-            "4",
-            "--output_dir",
-            str(two),
-        ],
-        tmp_path,
-    )
+    _torchrun("dino", [*FLAGS, "--batch_size_per_gpu", "4", "--output_dir", str(two)], tmp_path)
 
     steps = [
         [json.loads(x) for x in (d / "log_steps.jsonl").read_text().splitlines()]
@@ -160,24 +160,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         if key.startswith("backbone.blocks") and value.is_floating_point():
             moved = max(moved, float((value - a["teacher"][key]).abs().max()))
     assert moved > 1e-3, "the student barely moved: the comparison would prove nothing"
-
-
-def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "dinolab",
-            "train",
-            recipe,
-            *flags,
-        ],
-        cwd,
-    )
 
 
 COMMON = ["--device", "cpu", "--progress", "false", "--plots", "false"]
