@@ -196,6 +196,7 @@ DINO_SMALL_DATA = dict(
     color_jitter=(0.8, 0.8, 0.8, 0.5),  # colour must not identify an image across its crops
     grayscale_prob=0.5,
     blur_sigma=(0.1, 0.5),  # DINO's 0.1-2 px are for 224-px crops; these are 32 and 16 px
+    local_crops_number=2,  # learned about as fast per epoch as 6, at ~2/3 of the step's cost
 )
 
 
@@ -223,7 +224,7 @@ def _knn_figure(
 
 def experiment_dino(quick: bool) -> str:
     cfg = _dino_config(
-        quick, output_dir=str(RUNS / "dino"), epochs=2 if quick else 40, **DINO_SMALL_DATA
+        quick, output_dir=str(RUNS / "dino"), epochs=2 if quick else 60, **DINO_SMALL_DATA
     )
     _fresh(Path(cfg.output_dir))
     data = build_ssl_data(cfg)
