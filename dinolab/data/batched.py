@@ -44,7 +44,6 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from dinolab.data.multicrop import (
-    DEFAULT_BLUR_KERNEL_SIZE,
     ImageLike,
     MultiCropAugmentation,
     to_image_tensor,
@@ -213,7 +212,7 @@ class BatchedMultiCrop:
         self.color_jitter = tuple(float(v) for v in ref.color_jitter)
         self.probs = dict(ref.probs)
         self.blur_sigma = ref.blur_sigma
-        self.blur_kernel_size = int(kwargs.get("blur_kernel_size", DEFAULT_BLUR_KERNEL_SIZE))
+        self.blur_kernel_size = ref.blur_kernel_size
         self.solarize_threshold = float(ref.solarize.threshold)
         self.mean = torch.tensor(ref.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(ref.std, dtype=torch.float32).view(1, 3, 1, 1)

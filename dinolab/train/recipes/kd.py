@@ -436,6 +436,8 @@ def train_kd(
     unknown = [p for p in cfg.phases if p not in PHASES]
     if unknown:
         raise ValueError(f"phases {unknown} are not among {list(PHASES)}")
+    if cfg.augment_shift < 0:
+        raise ValueError(f"augment_shift={cfg.augment_shift} must be >= 0 (pixels)")
     fix_random_seeds(cfg.seed)
     train_set, val_set, num_classes, channels = load_kd_data(cfg)
     output_dir = Path(cfg.output_dir)
@@ -482,8 +484,6 @@ def train_kd(
                     ema,
                     cfg.ema_buffers,
                 )
-        if cfg.augment_shift < 0:
-            raise ValueError(f"augment_shift={cfg.augment_shift} must be >= 0 (pixels)")
         task.augment_shift = cfg.augment_shift
         record = Engine(task, train_set, phase_cfg, callbacks=callbacks).fit()
         results[phase] = {
