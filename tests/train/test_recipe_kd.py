@@ -166,3 +166,22 @@ def test_augment_shift_trains_every_phase_and_is_checked(tmp_path):
     assert set(results) == set(PHASES)
     with pytest.raises(ValueError, match="augment_shift=-2"):
         train_kd(tiny(tmp_path / "bad", epochs=1, augment_shift=-2))
+
+
+def test_the_students_start_from_the_same_weights_and_batches(tmp_path):
+    # After the first step (lr 0 during warm-up's first step) every student phase holds the
+    # same weights and BatchNorm statistics: same initialisation, same first batch.
+    first: dict[str, dict[str, torch.Tensor]] = {}
+
+    def watch(engine, record):
+        task = engine.task
+        if task.name != "teacher" and task.name not in first:
+            assert record["lr"] == 0.0
+            first[task.name] = copy.deepcopy(task.student.state_dict())
+
+    train_kd(tiny(tmp_path, epochs=1), callbacks=[watch])
+    assert sorted(first) == sorted(PHASES[1:])
+    ref = first["student_labels"]
+    for name in ("student_kd", "student_kd_ce"):
+        for key, value in ref.items():
+            torch.testing.assert_close(first[name][key], value, rtol=0, atol=0, msg=key)

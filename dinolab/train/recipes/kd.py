@@ -10,6 +10,9 @@ Four training runs on the same labelled data, each a phase of the same engine:
    (:class:`~dinolab.losses.DistillKL`, ``T^2``-scaled);
 4. ``student_kd_ce``: ``alpha * DistillKL + (1 - alpha) * cross-entropy`` (Hinton's mix).
 
+The three students start from the same initial weights and see the same batches in the same
+order, so their differences come from the loss alone.
+
 The teacher's outputs are computed under ``torch.no_grad()`` with the teacher in eval mode
 (the draft computed them with gradients and detached afterwards). Every student keeps an
 exponential moving average of ITS OWN weights (:func:`dinolab.ema.ema_update` with
@@ -455,7 +458,10 @@ def train_kd(
     teacher_dir = output_dir / "teacher"
     results: dict[str, dict[str, Any]] = {}
     for phase in cfg.phases:
-        fix_random_seeds(cfg.seed + PHASES.index(phase))
+        # Every student phase starts from the same initial weights (seed + 1) and sees the
+        # batches in the same order (the sampler follows --seed): a paired comparison, so the
+        # students differ by their loss alone, not by the luck of their initialisation.
+        fix_random_seeds(cfg.seed + (0 if phase == "teacher" else 1))
         phase_dir = output_dir / phase
         phase_cfg = replace(
             cfg,
