@@ -40,6 +40,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,7 +132,11 @@ class TrainConfig:
     )
     min_lr: float = field(
         default=1e-6,
-        metadata=_help("Learning rate the cosine schedule decays towards by the last step."),
+        metadata=_help(
+            "Learning rate the cosine schedule decays towards by the last step. Not scaled "
+            "with the batch (as in official DINO): keep it below the scaled peak lr, or the lr "
+            "rises after warm-up."
+        ),
     )
     warmup_epochs: int = field(
         default=2,
@@ -522,6 +527,14 @@ class Engine:
 
         global_batch = config.batch_size_per_gpu * self.dist.world_size
         base_lr = config.lr * global_batch / 256.0 if task.scale_lr else config.lr
+        if config.min_lr > base_lr:
+            warnings.warn(
+                f"min_lr={config.min_lr:g} is above the peak learning rate {base_lr:g} (lr="
+                f"{config.lr:g}{' x global batch / 256' if task.scale_lr else ''}): the lr will "
+                "rise after warm-up instead of decaying",
+                UserWarning,
+                stacklevel=2,
+            )
         self.lr_schedule = cosine_schedule(
             base_lr,
             config.min_lr,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -243,6 +244,14 @@ def test_resume_without_a_checkpoint_and_bad_settings_are_refused(tmp_path):
         Engine(Toy(), _data(), _cfg(tmp_path, precision="fp16"))
     with pytest.raises(ValueError, match="lr must be a finite number"):
         Engine(Toy(), _data(), _cfg(tmp_path, lr=float("nan")))
+
+
+def test_min_lr_above_the_peak_lr_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"min_lr=0.1 is above the peak learning rate 0.05"):
+        Engine(Toy(), _data(), _cfg(tmp_path, min_lr=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Engine(Toy(), _data(), _cfg(tmp_path / "ok"))
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
