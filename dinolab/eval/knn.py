@@ -23,11 +23,12 @@ Examples:
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dinolab._checks import require_int
 
 __all__ = ["knn_votes", "knn_classify", "knn_accuracy"]
 
@@ -85,16 +86,6 @@ def _check_labels(
     return labels.long()
 
 
-def _check_int(name: str, value: int, minimum: int) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"knn: {name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"knn: {name} must be >= {minimum}, got {value!r}")
-    return v
-
-
 @torch.no_grad()
 def knn_votes(
     train_features: ArrayLike,
@@ -130,9 +121,9 @@ def knn_votes(
     train = _as_tensor("train_features", train_features)
     test = _as_tensor("test_features", test_features)
     labels = _as_tensor("train_labels", train_labels)
-    num_classes = _check_int("num_classes", num_classes, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    k = _check_int("k", k, 1)
+    num_classes = require_int("knn", "num_classes", num_classes, 1)
+    batch_size = require_int("knn", "batch_size", batch_size, 1)
+    k = require_int("knn", "k", k, 1)
     _check_features("train_features", train)
     _check_features("test_features", test)
     if train.shape[1] != test.shape[1]:

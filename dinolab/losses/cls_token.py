@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dinolab.losses.dino import _require_finite
+from dinolab._checks import require_finite
 
 __all__ = ["CLSTokenLoss"]
 
@@ -65,7 +65,7 @@ class CLSTokenLoss(nn.Module):
         if student_cls.shape[0] == 0:
             raise ValueError(f"{owner}: the batch is empty")
         teacher_cls = teacher_cls.detach()
-        _require_finite(owner, student_cls=student_cls.detach(), teacher_cls=teacher_cls)
+        require_finite(owner, student_cls=student_cls.detach(), teacher_cls=teacher_cls)
         if self.kind == "cosine":
             return (1.0 - F.cosine_similarity(student_cls, teacher_cls, dim=-1)).mean()
         if self.kind == "mse":

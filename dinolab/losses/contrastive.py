@@ -26,14 +26,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dinolab._checks import require_finite, require_int, require_positive, require_unit_interval
 from dinolab.ema import ema_update
-from dinolab.losses.dino import (
-    _dist_ready,
-    _require_finite,
-    _require_positive,
-    _require_positive_int,
-    _require_unit_interval,
-)
+from dinolab.losses.dino import _dist_ready
 
 __all__ = ["simclr_loss", "MoCoQueue", "moco_loss", "MoCo", "byol_loss"]
 
@@ -50,7 +45,7 @@ def _check_pair(owner: str, names: tuple[str, str], a: torch.Tensor, b: torch.Te
         )
     if a.shape[0] == 0:
         raise ValueError(f"{owner}: the batch is empty")
-    _require_finite(owner, **{names[0]: a.detach(), names[1]: b.detach()})
+    require_finite(owner, **{names[0]: a.detach(), names[1]: b.detach()})
 
 
 def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -79,7 +74,7 @@ def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) ->
         True
     """
     owner = "simclr_loss"
-    tau = _require_positive(owner, "temperature", temperature)
+    tau = require_positive(owner, "temperature", temperature)
     _check_pair(owner, ("z1", "z2"), z1, z2)
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
@@ -132,7 +127,7 @@ def moco_loss(
         Scalar loss in nats.
     """
     owner = "moco_loss"
-    tau = _require_positive(owner, "temperature", temperature)
+    tau = require_positive(owner, "temperature", temperature)
     _check_pair(owner, ("q", "k"), q, k)
     if not isinstance(queue, torch.Tensor) or queue.ndim != 2 or queue.shape[0] != q.shape[1]:
         shape = tuple(queue.shape) if isinstance(queue, torch.Tensor) else type(queue).__name__
@@ -167,8 +162,8 @@ class MoCoQueue(nn.Module):
 
     def __init__(self, dim: int, K: int = 65536) -> None:  # noqa: N803  (MoCo's name)
         super().__init__()
-        self.dim = _require_positive_int("MoCoQueue", "dim", dim)
-        self.K = _require_positive_int("MoCoQueue", "K", K)
+        self.dim = require_int("MoCoQueue", "dim", dim)
+        self.K = require_int("MoCoQueue", "K", K)
         self.register_buffer("queue", F.normalize(torch.randn(self.dim, self.K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
@@ -192,7 +187,7 @@ class MoCoQueue(nn.Module):
         n = keys.shape[0]
         if n > self.K:
             raise ValueError(f"{owner}: {n} keys do not fit in a queue of K={self.K}")
-        _require_finite(owner, keys=keys)
+        require_finite(owner, keys=keys)
         keys = F.normalize(keys.detach(), dim=1).to(self.queue.dtype)
         ptr = self.ptr
         first = min(n, self.K - ptr)
@@ -246,8 +241,8 @@ class MoCo(nn.Module):
         T: float = 0.07,  # noqa: N803
     ) -> None:
         super().__init__()
-        self.m = _require_unit_interval("MoCo", "m", m)
-        self.T = _require_positive("MoCo", "T", T)
+        self.m = require_unit_interval("MoCo", "m", m)
+        self.T = require_positive("MoCo", "T", T)
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for param in self.encoder_k.parameters():

@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dinolab._checks import require_finite, require_int, require_positive, require_unit_interval
 from dinolab.schedules import teacher_temp_schedule
 
 __all__ = ["DINOLoss", "sinkhorn_knopp"]
@@ -80,50 +81,6 @@ def _all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _nonfinite_summary(name: str, tensor: torch.Tensor) -> str | None:
-    """``"name has 2 NaN and 1 infinite values (of 64)"`` or None when every value is finite."""
-    n_nan = int(torch.isnan(tensor).sum())
-    n_inf = int(torch.isinf(tensor).sum())
-    if n_nan == 0 and n_inf == 0:
-        return None
-    return f"{name} has {n_nan} NaN and {n_inf} infinite values (of {tensor.numel()})"
-
-
-def _require_finite(owner: str, **tensors: torch.Tensor) -> None:
-    """Raise ValueError naming every tensor that holds NaN or Inf (one host sync per tensor)."""
-    problems = [p for name, t in tensors.items() if (p := _nonfinite_summary(name, t)) is not None]
-    if problems:
-        raise ValueError(f"{owner}: " + "; ".join(problems) + "; expected finite values")
-
-
-def _require_positive(owner: str, name: str, value: float) -> float:
-    """Return ``float(value)`` if it is a finite number > 0, else raise ValueError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}")
-    return v
-
-
-def _require_unit_interval(owner: str, name: str, value: float) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{owner}: {name} must be in [0, 1], got {value!r}")
-    return v
-
-
-def _require_positive_int(owner: str, name: str, value: int, minimum: int = 1) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{owner}: {name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value!r}")
-    return v
-
-
 # ---------------------------------------------------------------------------------------------
 # Sinkhorn-Knopp (DINOv2)
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +119,8 @@ def sinkhorn_knopp(
         True
     """
     owner = "sinkhorn_knopp"
-    temp = _require_positive(owner, "teacher_temp", teacher_temp)
-    n_iterations = _require_positive_int(owner, "n_iterations", n_iterations, minimum=1)
+    temp = require_positive(owner, "teacher_temp", teacher_temp)
+    n_iterations = require_int(owner, "n_iterations", n_iterations, minimum=1)
     if teacher_output.ndim != 2:
         raise ValueError(
             f"{owner}: teacher_output must be 2-D [B, K], got shape {tuple(teacher_output.shape)}"
@@ -248,20 +205,20 @@ class DINOLoss(nn.Module):
     ) -> None:
         super().__init__()
         owner = "DINOLoss"
-        self.out_dim = _require_positive_int(owner, "out_dim", out_dim)
-        self.ncrops = _require_positive_int(owner, "ncrops", ncrops, minimum=2)
-        self.nepochs = _require_positive_int(owner, "nepochs", nepochs)
-        warmup_epochs = _require_positive_int(
+        self.out_dim = require_int(owner, "out_dim", out_dim)
+        self.ncrops = require_int(owner, "ncrops", ncrops, minimum=2)
+        self.nepochs = require_int(owner, "nepochs", nepochs)
+        warmup_epochs = require_int(
             owner, "warmup_teacher_temp_epochs", warmup_teacher_temp_epochs, minimum=0
         )
         if warmup_epochs > self.nepochs:
             raise ValueError(
                 f"{owner}: warmup_teacher_temp_epochs={warmup_epochs} exceeds nepochs={nepochs}"
             )
-        _require_positive(owner, "warmup_teacher_temp", warmup_teacher_temp)
-        _require_positive(owner, "teacher_temp", teacher_temp)
-        self.student_temp = _require_positive(owner, "student_temp", student_temp)
-        self.center_momentum = _require_unit_interval(owner, "center_momentum", center_momentum)
+        require_positive(owner, "warmup_teacher_temp", warmup_teacher_temp)
+        require_positive(owner, "teacher_temp", teacher_temp)
+        self.student_temp = require_positive(owner, "student_temp", student_temp)
+        self.center_momentum = require_unit_interval(owner, "center_momentum", center_momentum)
         if teacher_centering not in ("centering", "sinkhorn_knopp", "none"):
             raise ValueError(
                 f"{owner}: teacher_centering must be 'centering', 'sinkhorn_knopp' or 'none', "
@@ -354,7 +311,7 @@ class DINOLoss(nn.Module):
     def _temperature(self, epoch: int, teacher_temp: float | None) -> float:
         temp = self.teacher_temp_at(epoch)
         if teacher_temp is not None:
-            temp = _require_positive("DINOLoss", "teacher_temp", teacher_temp)
+            temp = require_positive("DINOLoss", "teacher_temp", teacher_temp)
         self.last_teacher_temp = temp
         return temp
 
@@ -398,7 +355,7 @@ class DINOLoss(nn.Module):
 
     @staticmethod
     def _raise_nonfinite(student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
-        _require_finite(
+        require_finite(
             "DINOLoss", student_output=student_output.detach(), teacher_output=teacher_output
         )
         raise ValueError(

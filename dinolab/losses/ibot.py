@@ -27,13 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dinolab.losses.dino import (
-    _all_reduce_sum,
-    _require_finite,
-    _require_positive,
-    _require_positive_int,
-    _require_unit_interval,
-)
+from dinolab._checks import require_finite, require_int, require_positive, require_unit_interval
+from dinolab.losses.dino import _all_reduce_sum
 
 __all__ = ["iBOTPatchLoss"]
 
@@ -63,15 +58,15 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
     ) -> None:
         super().__init__()
         owner = "iBOTPatchLoss"
-        self.patch_out_dim = _require_positive_int(owner, "patch_out_dim", patch_out_dim)
-        self.student_temp = _require_positive(owner, "student_temp", student_temp)
-        self.center_momentum = _require_unit_interval(owner, "center_momentum", center_momentum)
+        self.patch_out_dim = require_int(owner, "patch_out_dim", patch_out_dim)
+        self.student_temp = require_positive(owner, "student_temp", student_temp)
+        self.center_momentum = require_unit_interval(owner, "center_momentum", center_momentum)
         self.register_buffer("center", torch.zeros(1, 1, self.patch_out_dim))
 
     @torch.no_grad()
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """``softmax((t - c_p) / teacher_temp)`` over the last axis; ``[..., K] -> [..., K]``."""
-        temp = _require_positive("iBOTPatchLoss", "teacher_temp", teacher_temp)
+        temp = require_positive("iBOTPatchLoss", "teacher_temp", teacher_temp)
         return F.softmax((teacher_logits - self.center.reshape(-1)) / temp, dim=-1)
 
     @torch.no_grad()
@@ -163,10 +158,10 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
                 raise ValueError(
                     f"{owner}: {name} has {t.shape[0]} rows but masks has {n_masked} True entries"
                 )
-        _require_finite(
+        require_finite(
             owner, student_masked=student_masked.detach(), teacher_masked=teacher_masked
         )
-        temp = _require_positive(owner, "teacher_temp", teacher_temp)
+        temp = require_positive(owner, "teacher_temp", teacher_temp)
 
         q = self.teacher_probs(teacher_masked, temp)
         log_p = F.log_softmax(student_masked / self.student_temp, dim=-1)

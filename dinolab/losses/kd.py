@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dinolab.losses.dino import _require_finite, _require_positive, _require_unit_interval
+from dinolab._checks import require_finite, require_positive, require_unit_interval
 
 __all__ = ["DistillKL", "kd_loss"]
 
@@ -39,7 +39,7 @@ def _check_logits(owner: str, student_logits: torch.Tensor, teacher_logits: torc
         )
     if student_logits.shape[0] == 0:
         raise ValueError(f"{owner}: the batch is empty")
-    _require_finite(owner, student_logits=student_logits.detach(), teacher_logits=teacher_logits)
+    require_finite(owner, student_logits=student_logits.detach(), teacher_logits=teacher_logits)
 
 
 def _distill_kl(
@@ -64,7 +64,7 @@ class DistillKL(nn.Module):
 
     def __init__(self, T: float) -> None:  # noqa: N803  (RepDistiller's name)
         super().__init__()
-        self.T = _require_positive("DistillKL", "T", T)
+        self.T = require_positive("DistillKL", "T", T)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         _check_logits("DistillKL", student_logits, teacher_logits)
@@ -96,8 +96,8 @@ def kd_loss(
         there is nothing to balance).
     """
     owner = "kd_loss"
-    T = _require_positive(owner, "T", T)
-    alpha = _require_unit_interval(owner, "alpha", alpha)
+    T = require_positive(owner, "T", T)
+    alpha = require_unit_interval(owner, "alpha", alpha)
     _check_logits(owner, student_logits, teacher_logits)
     distill = _distill_kl(student_logits, teacher_logits, T)
     if labels is None:

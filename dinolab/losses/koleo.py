@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dinolab.losses.dino import _require_finite
+from dinolab._checks import require_finite
 
 __all__ = ["KoLeoLoss"]
 
@@ -72,7 +72,7 @@ class KoLeoLoss(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{owner}: x must be floating point, got {x.dtype}")
-        _require_finite(owner, x=x.detach())
+        require_finite(owner, x=x.detach())
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
             neighbours = self.nearest_neighbours(x)

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from dinolab.losses.dino import _require_finite, _require_positive
+from dinolab._checks import require_finite, require_positive
 
 __all__ = ["spd_matrix", "spd_log", "log_euclidean_distance", "SPDLogEuclideanLoss"]
 
@@ -69,7 +69,7 @@ def spd_matrix(x: torch.Tensor, kind: SPDKind = "gram", eps: float = 1e-4) -> to
     owner = "spd_matrix"
     if kind not in ("gram", "covariance"):
         raise ValueError(f"{owner}: kind must be 'gram' or 'covariance', got {kind!r}")
-    eps = _require_positive(owner, "eps", eps)
+    eps = require_positive(owner, "eps", eps)
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{owner}: x must be a tensor [..., N, D] (>= 2 dims), got {shape}")
@@ -178,9 +178,9 @@ def spd_log(a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         raise ValueError(f"{owner}: a must be float32 or float64, got {a.dtype}")
     if a.shape[-1] == 0:
         raise ValueError(f"{owner}: a is empty, shape {tuple(a.shape)}")
-    eps = _require_positive(owner, "eps", eps)
+    eps = require_positive(owner, "eps", eps)
     a_values = a.detach()
-    _require_finite(owner, a=a_values)
+    require_finite(owner, a=a_values)
     asym = float((a_values - a_values.mT).abs().amax())
     scale = max(1.0, float(a_values.abs().amax()))
     tol = 1e3 * torch.finfo(a.dtype).eps * scale
@@ -233,7 +233,7 @@ class SPDLogEuclideanLoss(nn.Module):
                 f"SPDLogEuclideanLoss: kind must be 'gram' or 'covariance', got {kind!r}"
             )
         self.kind: SPDKind = kind
-        self.eps = _require_positive("SPDLogEuclideanLoss", "eps", eps)
+        self.eps = require_positive("SPDLogEuclideanLoss", "eps", eps)
 
     def forward(self, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
         owner = "SPDLogEuclideanLoss"
@@ -255,7 +255,7 @@ class SPDLogEuclideanLoss(nn.Module):
                 f"D={ds} and the teacher D={dt}; project the student in the model or use 'gram'"
             )
         teacher_tokens = teacher_tokens.detach()
-        _require_finite(
+        require_finite(
             owner, student_tokens=student_tokens.detach(), teacher_tokens=teacher_tokens
         )
         with torch.autocast(device_type=student_tokens.device.type, enabled=False):
