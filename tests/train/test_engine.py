@@ -257,3 +257,14 @@ def test_min_lr_above_the_peak_lr_warns(tmp_path):
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     record = Engine(Toy(), _data(), _cfg(tmp_path, epochs=1, precision="bf16")).fit()
     assert math.isfinite(record["train_loss"])
+
+
+def test_config_from_checkpoint_args_drops_unknown_keys_and_restores_tuples(tmp_path):
+    from dinolab.train.recipes.dino import DINOConfig
+
+    cfg = DINOConfig(output_dir=str(tmp_path), epochs=3, global_crops_scale=(0.5, 1.0))
+    args = json.loads(json.dumps(vars(cfg)))  # as a checkpoint or config.json stores it
+    assert isinstance(args["global_crops_scale"], list)
+    args["from_a_newer_version"] = 1
+    assert DINOConfig.from_args(args) == cfg
+    assert TrainConfig.from_args({"epochs": 4}).epochs == 4

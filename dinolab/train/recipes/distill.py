@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +142,6 @@ class DistillConfig(DINOConfig):
     cli_exclude = ("momentum_teacher",)
 
 
-def _dinolab_teacher_config(args: Mapping[str, Any]) -> DINOConfig:
-    names = {f.name for f in fields(DINOConfig)}
-    return DINOConfig(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in names}
-    )
-
-
 def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
     """The frozen teacher as ``(backbone, head, out_dim)``, from a dinolab or official file.
 
@@ -176,7 +169,7 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
                 f"{str(path)!r} is a checkpoint of the {ckpt.get('recipe')!r} "
                 "recipe; the distill teacher must come from a `dino` run"
             )
-        tcfg = _dinolab_teacher_config(ckpt.get("args", {}))
+        tcfg = DINOConfig.from_args(ckpt.get("args", {}))
         from dinolab.train.recipes.dino import build_student
 
         teacher = build_student(tcfg)
