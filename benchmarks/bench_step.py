@@ -11,10 +11,12 @@ The baseline is written here the way a first implementation (or a course draft) 
 dinolab's side is :meth:`dinolab.train.engine.Engine.train_step` with the ``dino`` recipe's
 :class:`~dinolab.train.recipes.dino.DINOTask`: crops of equal size batched into one pass
 (:class:`~dinolab.models.MultiCropWrapper`), the DINO loss as one matrix product, multi-tensor
-(``_foreach``) clipping and EMA. Both use the same AdamW parameter groups and schedules
-values, the same initial weights and the same batch, and are checked to compute the same
-loss and the same updated weights before they are timed. The collapse monitors, which the
-baseline does not compute, are switched off on dinolab's side for the timing.
+(``_foreach``) clipping and EMA, and a fused AdamW (one kernel for every parameter; the
+baseline uses PyTorch's default for CPU tensors, a per-parameter loop). Both use the same
+AdamW parameter groups and schedule values, the same initial weights and the same batch, and
+are checked to compute the same loss and the same updated weights before they are timed. The
+collapse monitors, which the baseline does not compute, are switched off on dinolab's side for
+the timing.
 
 Run alone: ``python benchmarks/bench_step.py [--quick]``.
 """

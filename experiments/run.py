@@ -200,10 +200,18 @@ DINO_SMALL_DATA = dict(
 )
 
 
+BUDGET_S = 300.0  # the goal's 5 CPU-minutes
+CLEAR_MARGIN = 5.0  # points over the better baseline that we call a clear margin
+
+
 def _knn_figure(
-    epochs: list[dict[str, Any]], baselines: dict[str, float], chance: float, path: Path
+    epochs: list[dict[str, Any]],
+    baselines: dict[str, float],
+    chance: float,
+    path: Path,
+    budget_epoch: int | None = None,
 ) -> None:
-    """The teacher's k-NN accuracy per epoch, with the baselines as horizontal lines."""
+    """The teacher's k-NN accuracy per epoch, baselines as horizontal lines, the budget's end."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.0))
@@ -213,6 +221,8 @@ def _knn_figure(
     for (name, value), style in zip(baselines.items(), ("--", ":"), strict=True):
         ax.axhline(value, color="gray", ls=style, label=f"{name} ({value:.1f}%)")
     ax.axhline(chance, color="lightgray", ls="-.", label=f"chance ({chance:.1f}%)")
+    if budget_epoch is not None:
+        ax.axvline(budget_epoch, color="tab:red", ls=":", label="5 CPU-minutes of training")
     ax.set_title("DINO on Shapes: k-NN accuracy of the teacher's features")
     ax.set_xlabel("epoch")
     ax.set_ylabel("k-NN top-1 (%)")
@@ -235,7 +245,12 @@ def experiment_dino(quick: bool) -> str:
     )
     pixel_acc = knn_evaluate(None, data.knn_train, data.knn_test, data.num_classes, k=cfg.knn_k)
     wall, cpu = time.perf_counter(), time.process_time()
-    record = train_dino(cfg, data=data)
+    cpu_after_epoch: dict[int, float] = {}  # CPU seconds since the start, at each epoch's end
+
+    def clock(engine: Any, step: dict[str, Any]) -> None:
+        cpu_after_epoch[int(step["epoch"])] = time.process_time() - cpu
+
+    record = train_dino(cfg, data=data, callbacks=[clock])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     epochs = [
         json.loads(x) for x in (Path(cfg.output_dir) / "log_epochs.jsonl").read_text().splitlines()
@@ -243,12 +258,24 @@ def experiment_dino(quick: bool) -> str:
     curve = ", ".join(f"{e['knn_top1']:.1f}" for e in epochs)
     dino_acc = record["knn_top1"]
     margin = min(dino_acc - random_acc, dino_acc - pixel_acc)
+    # The goal's budget: the last epoch whose training ended within 5 CPU-minutes (the k-NN
+    # evaluations of the epochs before it included).
+    within = [e for e in epochs if cpu_after_epoch.get(e["epoch"], float("inf")) <= BUDGET_S]
+    budget_epoch = within[-1] if within else None
+    budget_acc = budget_epoch["knn_top1"] if budget_epoch else float("nan")
+    budget_margin = min(budget_acc - random_acc, budget_acc - pixel_acc)
+    met = budget_epoch is not None and budget_margin >= CLEAR_MARGIN
+    n_budget = budget_epoch["epoch"] + 1 if budget_epoch else 0
     for name in ("loss", "teacher_entropy", "kl"):
         src = Path(cfg.output_dir) / f"{name}.png"
         if src.exists():
             (OUT / f"dino_{name}.png").write_bytes(src.read_bytes())
     _knn_figure(epochs, {"raw pixels": pixel_acc, "random initialisation": random_acc},
-                100 / data.num_classes, OUT / "dino_knn_accuracy.png")
+                100 / data.num_classes, OUT / "dino_knn_accuracy.png",
+                budget_epoch=n_budget if budget_epoch else None)
+    budget_cpu = (
+        f"{cpu_after_epoch[budget_epoch['epoch']] / 60:.1f} CPU-minutes" if budget_epoch else "-"
+    )
     lines = [
         "## DINO on the synthetic shapes vs random initialisation vs raw pixels",
         "",
@@ -261,13 +288,17 @@ def experiment_dino(quick: bool) -> str:
         "|---|---:|",
         f"| raw pixels (3x{cfg.global_crops_size}x{cfg.global_crops_size}) | {pixel_acc:.1f} |",
         f"| {cfg.arch} at random initialisation | {random_acc:.1f} |",
-        f"| {cfg.arch} after DINO ({cfg.epochs} epochs) | {dino_acc:.1f} |",
+        f"| {cfg.arch} after DINO, {n_budget} epochs (the last to end within 5 CPU-minutes) "
+        f"| {budget_acc:.1f} |",
+        f"| {cfg.arch} after DINO, all {cfg.epochs} epochs | {dino_acc:.1f} |",
         "",
         f"Training took {wall / 60:.1f} min wall-clock and {cpu / 60:.1f} CPU-minutes of this "
         f"process (evaluation included). k-NN accuracy after each epoch: {curve}.",
-        f"Goal: DINO beats both baselines by a clear margin within 5 CPU-minutes. Measured: "
-        f"margin {margin:+.1f} points over the better baseline; "
-        f"{'within' if cpu <= 300 else 'OVER'} the 5 CPU-minute budget.",
+        f"Goal: DINO beats both baselines by a clear margin (taken here as at least "
+        f"{CLEAR_MARGIN:.0f} points) within 5 CPU-minutes. Measured: after {n_budget} epochs "
+        f"({budget_cpu}), {budget_margin:+.1f} points over the better baseline; after all "
+        f"{cfg.epochs} epochs ({cpu / 60:.1f} CPU-minutes), {margin:+.1f} points: goal "
+        f"{'met' if met else 'NOT met'}.",
         "",
         "![k-NN accuracy](experiments/dino_knn_accuracy.png)",
         "![teacher entropy](experiments/dino_teacher_entropy.png)",
