@@ -90,6 +90,7 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
     rows: dict[str, dict[str, list[float]]] = {}
     params: dict[str, int] = {}
     commands = []
+    per_seed: dict[int, dict[str, float]] = {}
     start = time.perf_counter()
     for seed in seeds:
         cfg = KDConfig(
@@ -104,6 +105,7 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
         commands.append(_cli("kd", cfg, KDConfig()))
         _fresh(Path(cfg.output_dir))
         results = train_kd(cfg)
+        per_seed[seed] = {phase: r["val_acc"] for phase, r in results.items()}
         for phase, r in results.items():
             params[phase] = r["parameters"]
             row = rows.setdefault(phase, {"val_acc": [], "ema_val_acc": []})
@@ -138,6 +140,10 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
             f"| {names[phase]} | {params[phase]:,} | {_fmt(row['val_acc'])} | "
             f"{_fmt(row['ema_val_acc'])} | {rel:.1f}% |"
         )
+    paired = {
+        p: [per_seed[s][p] - per_seed[s]["student_labels"] for s in seeds]
+        for p in ("student_kd", "student_kd_ce")
+    }
     best = max(("student_kd", "student_kd_ce"), key=lambda p: statistics.fmean(rows[p]["val_acc"]))
     best_acc = statistics.fmean(rows[best]["val_acc"])
     ratio = params["teacher"] / params[best]
@@ -148,14 +154,93 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
         f"least 5x fewer parameters and beats the label-only student. Measured (best distilled "
         f"variant, {best}): {best_acc / teacher * 100:.1f}% of the teacher's accuracy with "
         f"{ratio:.1f}x fewer parameters; {best_acc:.2f}% vs {labels:.2f}% for the label-only "
-        f"student: goal {'met' if goal_met else 'NOT met'}.",
+        f"student: goal {'met' if goal_met else 'NOT met'}. Paired by seed (same initial "
+        f"weights and batches), distilled minus label-only: "
+        + "; ".join(
+            f"{p} {statistics.fmean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}"
+            for p, d in paired.items()
+        )
+        + " points.",
         "",
         "Commands (one per seed):",
         "",
         *[f"    {c}" for c in commands],
         "",
+        *_kd_variants(quick, seeds, epochs, per_seed),
     ]
     return "\n".join(lines)
+
+
+# Variants of the distilled student, run on each seed's teacher from the main table (copied
+# into the variant's directory): does a softer mix, T=1, or a wider student change the verdict?
+KD_VARIANTS: dict[str, dict[str, Any]] = {
+    "T=1, 0.5 DistillKL + 0.5 CE": dict(kd_temperature=1.0, kd_alpha=0.5),
+    "T=4, 0.5 DistillKL + 0.5 CE": dict(kd_temperature=4.0, kd_alpha=0.5),
+    "width 32 (T=4, 0.9 DistillKL + 0.1 CE)": dict(student_width=32),
+}
+
+
+def _kd_variants(
+    quick: bool, seeds: list[int], epochs: int, per_seed: dict[int, dict[str, float]]
+) -> list[str]:
+    import shutil
+
+    lines = [
+        "### Variants of the distilled student",
+        "",
+        "Each seed's teacher above, distilled again with other settings; every student starts "
+        "from the same initial weights as that seed's label-only student and sees the same "
+        "batches. The last column is the paired difference to the label-only student of the "
+        "same seed and width (positive: distillation wins), mean ± standard deviation over "
+        "the seeds.",
+        "",
+        "| student | parameters | accuracy (%) | minus label-only (points) |",
+        "|---|---:|---:|---:|",
+    ]
+    commands = []
+    for label, overrides in KD_VARIANTS.items():
+        wide = "student_width" in overrides
+        phases = ("student_labels", "student_kd_ce") if wide else ("student_kd_ce",)
+        accs: dict[str, list[float]] = {p: [] for p in phases}
+        diffs: list[float] = []
+        params = 0
+        for seed in seeds:
+            slug = "_".join(f"{k}{v}" for k, v in overrides.items())
+            cfg = KDConfig(
+                output_dir=str(RUNS / "kd" / f"seed{seed}_{slug}"),
+                seed=seed,
+                epochs=epochs,
+                progress=False,
+                plots=False,
+                phases=phases,
+                **overrides,
+            )
+            if quick:
+                cfg.num_images = 400
+            _fresh(Path(cfg.output_dir))
+            teacher_dir = RUNS / "kd" / f"seed{seed}" / "teacher"
+            shutil.copytree(teacher_dir, Path(cfg.output_dir) / "teacher")
+            src, out = os.path.relpath(teacher_dir, ROOT), os.path.relpath(cfg.output_dir, ROOT)
+            commands.append(f"cp -r {src} {out}/ && {_cli('kd', cfg, KDConfig())}")
+            results = train_kd(cfg)
+            params = results["student_kd_ce"]["parameters"]
+            for phase in phases:
+                accs[phase].append(results[phase]["val_acc"])
+            base = (results if wide else per_seed[seed])["student_labels"]
+            base = base["val_acc"] if wide else base
+            diffs.append(results["student_kd_ce"]["val_acc"] - base)
+        if wide:
+            lines.append(
+                f"| {label.split(' (')[0]}, labels only | {params:,} | "
+                f"{_fmt(accs['student_labels'])} | - |"
+            )
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        lines.append(
+            f"| {label} | {params:,} | {_fmt(accs['student_kd_ce'])} | "
+            f"{statistics.fmean(diffs):+.2f} ± {spread:.2f} |"
+        )
+    lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
+    return lines
 
 
 def _fresh(path: Path) -> None:
