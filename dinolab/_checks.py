@@ -48,6 +48,7 @@ def require_positive(owner: str, name: str, value: float) -> float:
 
 
 def require_unit_interval(owner: str, name: str, value: float) -> float:
+    """Return ``float(value)`` if it lies in ``[0, 1]`` (a momentum, a mixing weight)."""
     v = float(value)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{owner}: {name} must be in [0, 1], got {value!r}")
@@ -55,6 +56,7 @@ def require_unit_interval(owner: str, name: str, value: float) -> float:
 
 
 def require_int(owner: str, name: str, value: int, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer (not a float) ``>= minimum``."""
     try:
         v = operator.index(value)
     except TypeError:
