@@ -765,6 +765,7 @@ class Engine:
             self.train_set.set_epoch(epoch)  # type: ignore[attr-defined]
         self.task.train_mode()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a task may leave a metric out of some steps
         start = time.perf_counter()
         bar = tqdm(
             self.loader,
@@ -780,6 +781,7 @@ class Engine:
             metrics["step_time_s"] = time.perf_counter() - step_start
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             record = {
                 "epoch": epoch,
                 "it": it,
@@ -790,7 +792,7 @@ class Engine:
             for callback in self.callbacks:
                 callback(self, record)
         bar.close()
-        means = {f"train_{k}": v / self.niter_per_ep for k, v in sums.items()}
+        means = {f"train_{k}": v / counts[k] for k, v in sums.items()}
         return {
             "epoch": epoch,
             "it": (epoch + 1) * self.niter_per_ep,

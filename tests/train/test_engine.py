@@ -268,3 +268,16 @@ def test_config_from_checkpoint_args_drops_unknown_keys_and_restores_tuples(tmp_
     args["from_a_newer_version"] = 1
     assert DINOConfig.from_args(args) == cfg
     assert TrainConfig.from_args({"epochs": 4}).epochs == 4
+
+
+def test_epoch_means_average_a_metric_over_the_steps_that_report_it(tmp_path):
+    class Sometimes(Toy):
+        def training_step(self, batch, ctx: StepContext):
+            loss, metrics = super().training_step(batch, ctx)
+            if ctx.it % 3 == 1:  # steps 1, 4, 7 of 3 x 3
+                metrics["rare"] = float(ctx.it)
+            return loss, metrics
+
+    Engine(Sometimes(), _data(), _cfg(tmp_path)).fit()
+    epochs = [json.loads(line) for line in (tmp_path / "log_epochs.jsonl").read_text().splitlines()]
+    assert [e["train_rare"] for e in epochs] == [1.0, 4.0, 7.0]  # not 1/3, 4/3, 7/3

@@ -185,3 +185,49 @@ def test_the_students_start_from_the_same_weights_and_batches(tmp_path):
     for name in ("student_kd", "student_kd_ce"):
         for key, value in ref.items():
             torch.testing.assert_close(first[name][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_split_labelled_keeps_a_stratified_share_and_masks_the_rest():
+    from dinolab.train.recipes.kd import split_labelled
+
+    y = torch.arange(40) % 4  # 10 images per class
+    x = torch.arange(40, dtype=torch.float32).view(40, 1)
+    labelled, transfer = split_labelled(TensorDataset(x, y), 0.3, seed=0)
+    lx, ly = labelled.tensors
+    tx, ty = transfer.tensors
+    assert len(labelled) == len(transfer) == 40  # same number of steps per epoch
+    kept = ty >= 0
+    assert torch.bincount(ty[kept], minlength=4).tolist() == [3, 3, 3, 3]
+    assert torch.equal(tx, x) and torch.equal(ty[kept], y[kept])
+    assert set(lx.flatten().tolist()) == set(x[kept].flatten().tolist())  # only labelled images
+    assert torch.equal(ly, y[lx.flatten().long()])  # with their own labels
+    same, same_t = split_labelled(TensorDataset(x, y), 1.0, seed=0)
+    assert same.tensors[1] is y and same_t.tensors[1] is y
+    with pytest.raises(ValueError, match=r"labelled_fraction=0.0 must be in \(0, 1\]"):
+        split_labelled(TensorDataset(x, y), 0.0, seed=0)
+
+
+def test_kd_ce_uses_only_labelled_rows_and_the_transfer_set_runs(tmp_path):
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(5, 3), nn.Linear(5, 3)
+    val = TensorDataset(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    task = KDTask("student_kd_ce", student, teacher, val, temperature=2.0, alpha=0.5,
+                  ema_momentum=None)
+    x, y = torch.randn(6, 5), torch.tensor([0, -1, 2, -1, 1, -1])
+    with torch.no_grad():
+        kd = task.distill(student(x), teacher(x))
+        ce = nn.functional.cross_entropy(student(x)[y >= 0], y[y >= 0])
+        assert float(task.loss(student(x), x, y)) == pytest.approx(float(0.5 * kd + 0.5 * ce))
+        none = torch.full((6,), -1)
+        assert float(task.loss(student(x), x, none)) == pytest.approx(float(0.5 * kd))
+    unlabelled: dict[str, int] = {}
+
+    def watch(engine, record):
+        unlabelled[engine.task.name] = int((engine.train_set.tensors[1] < 0).sum())
+
+    results = train_kd(tiny(tmp_path, labelled_fraction=0.25), callbacks=[watch])
+    assert all(0.0 <= r["val_acc"] <= 100.0 for r in results.values())
+    # The teacher and the label-only student never see an unlabelled image; the KD students
+    # see all of them (about 3/4 of the 144 training images here).
+    assert unlabelled["teacher"] == unlabelled["student_labels"] == 0
+    assert unlabelled["student_kd"] == unlabelled["student_kd_ce"] > 100

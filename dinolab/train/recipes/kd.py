@@ -13,6 +13,11 @@ Four training runs on the same labelled data, each a phase of the same engine:
 The three students start from the same initial weights and see the same batches in the same
 order, so their differences come from the loss alone.
 
+With ``--labelled_fraction f < 1`` only a share ``f`` of the training labels may be used: the
+teacher and the label-only student train on those images, while the distilled students see every
+training image through the teacher's outputs (Hinton's transfer set needs no labels) and
+``student_kd_ce``'s cross-entropy uses the labelled ones only.
+
 The teacher's outputs are computed under ``torch.no_grad()`` with the teacher in eval mode
 (the draft computed them with gradients and detached afterwards). Every student keeps an
 exponential moving average of ITS OWN weights (:func:`dinolab.ema.ema_update` with
@@ -55,6 +60,7 @@ __all__ = [
     "KDTask",
     "load_kd_data",
     "random_shift",
+    "split_labelled",
     "train_kd",
     "PHASES",
 ]
@@ -163,6 +169,17 @@ class KDConfig(TrainConfig):
             "phases the teacher labels the very view the student sees. 0: no augmentation."
         ),
     )
+    labelled_fraction: float = field(
+        default=1.0,
+        metadata=_help(
+            "Fraction of the training images whose labels may be used (stratified by class, "
+            "drawn from --seed). The teacher and the label-only student train on those images; "
+            "the distilled students train on every training image through the teacher's outputs "
+            "(an unlabelled transfer set, as in Hinton et al.), and the cross-entropy of "
+            "student_kd_ce uses only the labelled ones. The labelled images are repeated to the "
+            "full set's length, so every phase takes the same number of steps. 1: all labels."
+        ),
+    )
     ema_momentum: float = field(
         default=0.99,
         metadata=_help(
@@ -237,6 +254,39 @@ def load_kd_data(cfg: KDConfig) -> tuple[TensorDataset, TensorDataset, int, int]
         num_classes,
         x_train.shape[1],
     )
+
+
+def split_labelled(
+    train_set: TensorDataset, fraction: float, seed: int
+) -> tuple[TensorDataset, TensorDataset]:
+    """Labelled subset and transfer set of ``train_set`` for ``--labelled_fraction``.
+
+    Returns:
+        ``(labelled, transfer)``. ``labelled``: the chosen images with their labels, a share
+        ``fraction`` of each class (at least one image per class), repeated cyclically to
+        ``len(train_set)`` rows so a phase on it takes as many steps as one on the full set.
+        ``transfer``: every image of ``train_set`` in its order, labels of the others set to
+        ``-1`` (unlabelled).
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1]``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labelled_fraction={fraction} must be in (0, 1]")
+    x, y = train_set.tensors
+    if fraction == 1.0:
+        return train_set, train_set
+    g = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c in torch.unique(y).tolist():
+        members = torch.nonzero(y == c).flatten()
+        keep = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=g)[:keep]])
+    idx = torch.cat(chosen).sort().values
+    repeated = idx[torch.arange(len(y)) % len(idx)]
+    masked = torch.full_like(y, -1)
+    masked[idx] = y[idx]
+    return TensorDataset(x[repeated], y[repeated]), TensorDataset(x, masked)
 
 
 @torch.no_grad()
@@ -337,8 +387,11 @@ class SupervisedTask(Task):
             x = random_shift(x, self.augment_shift)
         logits = ctx.student(x)
         loss = self.loss(logits, x, y)
-        acc = float((logits.detach().argmax(dim=1) == y).float().mean()) * 100.0
-        return loss, {"train_batch_acc": acc}
+        labelled = y >= 0  # -1: an image of the unlabelled transfer set (--labelled_fraction)
+        if not bool(labelled.any()):
+            return loss, {}
+        hits = logits.detach().argmax(dim=1)[labelled] == y[labelled]
+        return loss, {"train_batch_acc": float(hits.float().mean()) * 100.0}
 
     def after_optimizer_step(self, ctx: StepContext) -> dict[str, float]:
         if self.ema is None:
@@ -410,7 +463,16 @@ class KDTask(SupervisedTask):
         kd = self.distill(logits, teacher_logits)
         if self.alpha is None:
             return kd
-        return self.alpha * kd + (1.0 - self.alpha) * F.cross_entropy(logits, y)
+        # Labels of -1 mark unlabelled images (--labelled_fraction): the cross-entropy averages
+        # over the labelled rows of the batch, and is 0 when there are none.
+        labelled = y >= 0
+        if bool(labelled.all()):
+            ce = F.cross_entropy(logits, y)
+        elif bool(labelled.any()):
+            ce = F.cross_entropy(logits[labelled], y[labelled])
+        else:
+            ce = logits.sum() * 0.0
+        return self.alpha * kd + (1.0 - self.alpha) * ce
 
 
 def _write_table(output_dir: Path, results: dict[str, dict[str, Any]]) -> None:
@@ -443,6 +505,7 @@ def train_kd(
         raise ValueError(f"augment_shift={cfg.augment_shift} must be >= 0 (pixels)")
     fix_random_seeds(cfg.seed)
     train_set, val_set, num_classes, channels = load_kd_data(cfg)
+    labelled_set, transfer_set = split_labelled(train_set, cfg.labelled_fraction, cfg.seed)
     output_dir = Path(cfg.output_dir)
 
     def new_student() -> nn.Module:
@@ -491,7 +554,8 @@ def train_kd(
                     cfg.ema_buffers,
                 )
         task.augment_shift = cfg.augment_shift
-        record = Engine(task, train_set, phase_cfg, callbacks=callbacks).fit()
+        data = labelled_set if phase in ("teacher", "student_labels") else transfer_set
+        record = Engine(task, data, phase_cfg, callbacks=callbacks).fit()
         results[phase] = {
             "parameters": count_parameters(task.student),
             "val_acc": record.get("val_acc"),
