@@ -85,6 +85,17 @@ def _fmt(values: list[float]) -> str:
 # --------------------------------------------------------------------------- kd
 
 
+def _kd_config(run: str, seed: int, epochs: int, quick: bool, **kw: Any) -> KDConfig:
+    """The kd recipe's settings for one run of the experiment, in ``RUNS / "kd" / run``."""
+    cfg = KDConfig(
+        output_dir=str(RUNS / "kd" / run), seed=seed, epochs=epochs, progress=False, plots=False,
+        **kw,
+    )
+    if quick:
+        cfg.num_images = 400
+    return cfg
+
+
 def experiment_kd(quick: bool, seeds: list[int]) -> str:
     epochs = 2 if quick else 30
     rows: dict[str, dict[str, list[float]]] = {}
@@ -93,15 +104,7 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
     per_seed: dict[int, dict[str, float]] = {}
     start = time.perf_counter()
     for seed in seeds:
-        cfg = KDConfig(
-            output_dir=str(RUNS / "kd" / f"seed{seed}"),
-            seed=seed,
-            epochs=epochs,
-            progress=False,
-            plots=False,
-        )
-        if quick:
-            cfg.num_images = 400
+        cfg = _kd_config(f"seed{seed}", seed, epochs, quick)
         commands.append(_cli("kd", cfg, KDConfig()))
         _fresh(Path(cfg.output_dir))
         results = train_kd(cfg)
@@ -182,16 +185,10 @@ def _kd_scarce_labels(quick: bool, seeds: list[int], epochs: int) -> list[str]:
     params: dict[str, int] = {}
     commands, labelled = [], 0
     for seed in seeds:
-        cfg = KDConfig(
-            output_dir=str(RUNS / "kd" / f"seed{seed}_labelled{SCARCE_LABELS}"),
-            seed=seed,
-            epochs=epochs,
-            progress=False,
-            plots=False,
+        cfg = _kd_config(
+            f"seed{seed}_labelled{SCARCE_LABELS}", seed, epochs, quick,
             labelled_fraction=SCARCE_LABELS,
         )
-        if quick:
-            cfg.num_images = 400
         _fresh(Path(cfg.output_dir))
         commands.append(_cli("kd", cfg, KDConfig()))
         if not labelled:
@@ -295,17 +292,7 @@ def _kd_variants(
         params = 0
         for seed in seeds:
             slug = "_".join(f"{k}{v}" for k, v in overrides.items())
-            cfg = KDConfig(
-                output_dir=str(RUNS / "kd" / f"seed{seed}_{slug}"),
-                seed=seed,
-                epochs=epochs,
-                progress=False,
-                plots=False,
-                phases=phases,
-                **overrides,
-            )
-            if quick:
-                cfg.num_images = 400
+            cfg = _kd_config(f"seed{seed}_{slug}", seed, epochs, quick, phases=phases, **overrides)
             _fresh(Path(cfg.output_dir))
             teacher_dir = RUNS / "kd" / f"seed{seed}" / "teacher"
             shutil.copytree(teacher_dir, Path(cfg.output_dir) / "teacher")
