@@ -246,8 +246,12 @@ def _kd_scarce_labels(quick: bool, seeds: list[int], epochs: int) -> list[str]:
         f"The goal read in this setting (best distilled variant, {best}): "
         f"{statistics.fmean(accs[best]) / teacher * 100:.1f}% of the teacher's accuracy with "
         f"{params['teacher'] / params[best]:.1f}x fewer parameters, "
-        f"{statistics.fmean(diffs[best]):+.2f} points over the label-only student: "
-        f"{'met' if met else 'NOT met'} here.",
+        f"{statistics.fmean(diffs[best]):+.2f} points over the label-only student on average "
+        f"(ahead on {sum(d > 0 for d in diffs[best])} of {len(seeds)} seeds: "
+        + ", ".join(f"{d:+.2f}" for d in diffs[best])
+        + f"): {'met' if met else 'NOT met'} here on the mean"
+        + ("." if all(d > 0 for d in diffs[best]) else "; not on every seed, so more seeds "
+           "would be needed to call it robust."),
         "",
         "Commands:",
         "",
