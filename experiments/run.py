@@ -74,6 +74,12 @@ def _cli(recipe: str, cfg: Any, defaults: Any) -> str:
     return f"dinolab train {recipe} " + " ".join(flags)
 
 
+def _fmt_diff(values: list[float]) -> str:
+    """Signed mean ± standard deviation of paired differences (points)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):+.2f} ± {spread:.2f}"
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -159,10 +165,7 @@ def experiment_kd(quick: bool, seeds: list[int]) -> str:
         f"{ratio:.1f}x fewer parameters; {best_acc:.2f}% vs {labels:.2f}% for the label-only "
         f"student: goal {'met' if goal_met else 'NOT met'}. Paired by seed (same initial "
         f"weights and batches), distilled minus label-only: "
-        + "; ".join(
-            f"{p} {statistics.fmean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}"
-            for p, d in paired.items()
-        )
+        + "; ".join(f"{p} {_fmt_diff(d)}" for p, d in paired.items())
         + " points.",
         "",
         "Commands (one per seed):",
@@ -227,10 +230,7 @@ def _kd_scarce_labels(quick: bool, seeds: list[int], epochs: int) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for phase, name in names.items():
-        diff = "-"
-        if phase in diffs:
-            d = diffs[phase]
-            diff = f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}"
+        diff = _fmt_diff(diffs[phase]) if phase in diffs else "-"
         rel = statistics.fmean(accs[phase]) / teacher * 100
         lines.append(
             f"| {name} | {params[phase]:,} | {_fmt(accs[phase])} | {rel:.1f}% | {diff} |"
@@ -306,18 +306,19 @@ def _kd_variants(
             params = results["student_kd_ce"]["parameters"]
             for phase in phases:
                 accs[phase].append(results[phase]["val_acc"])
-            base = (results if wide else per_seed[seed])["student_labels"]
-            base = base["val_acc"] if wide else base
-            diffs.append(results["student_kd_ce"]["val_acc"] - base)
+            # The label-only student of the same width: this run's, or the main table's.
+            if wide:
+                labels = results["student_labels"]["val_acc"]
+            else:
+                labels = per_seed[seed]["student_labels"]
+            diffs.append(results["student_kd_ce"]["val_acc"] - labels)
         if wide:
             lines.append(
                 f"| {label.split(' (')[0]}, labels only | {params:,} | "
                 f"{_fmt(accs['student_labels'])} | - |"
             )
-        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         lines.append(
-            f"| {label} | {params:,} | {_fmt(accs['student_kd_ce'])} | "
-            f"{statistics.fmean(diffs):+.2f} ± {spread:.2f} |"
+            f"| {label} | {params:,} | {_fmt(accs['student_kd_ce'])} | {_fmt_diff(diffs)} |"
         )
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return lines
@@ -437,7 +438,7 @@ def experiment_dino(quick: bool) -> str:
             (OUT / f"dino_{name}.png").write_bytes(src.read_bytes())
     _knn_figure(epochs, {"raw pixels": pixel_acc, "random initialisation": random_acc},
                 100 / data.num_classes, OUT / "dino_knn_accuracy.png",
-                budget_epoch=n_budget if budget_epoch else None)
+                budget_epoch=n_budget or None)
     budget_cpu = (
         f"{cpu_after_epoch[budget_epoch['epoch']] / 60:.1f} CPU-minutes" if budget_epoch else "-"
     )

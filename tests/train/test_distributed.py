@@ -93,6 +93,11 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
+def _single(recipe: str, flags: list[str], cwd: Path) -> None:
+    """``python -m dinolab train <recipe> <flags>`` in one process."""
+    _run([sys.executable, "-m", "dinolab", "train", recipe, *flags], cwd)
+
+
 def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
     _run(
         [
@@ -113,21 +118,7 @@ def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "dinolab",
-            "train",
-            "dino",
-            *FLAGS,
-            "--batch_size_per_gpu",
-            "8",
-            "--output_dir",
-            str(one),
-        ],
-        tmp_path,
-    )
+    _single("dino", [*FLAGS, "--batch_size_per_gpu", "8", "--output_dir", str(one)], tmp_path)
     _torchrun("dino", [*FLAGS, "--batch_size_per_gpu", "4", "--output_dir", str(two)], tmp_path)
 
     steps = [
@@ -203,13 +194,9 @@ def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path)
     small = ["--num_images", "16", "--num_eval_images", "8", "--local_crops_number", "2"]
     small += ["--head_hidden_dim", "32", "--head_bottleneck_dim", "16", "--knn_k", "5"]
     small += ["--warmup_epochs", "0"]
-    _run(
+    _single(
+        "dino",
         [
-            sys.executable,
-            "-m",
-            "dinolab",
-            "train",
-            "dino",
             *COMMON,
             *small,
             "--epochs",

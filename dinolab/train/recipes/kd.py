@@ -463,13 +463,11 @@ class KDTask(SupervisedTask):
         kd = self.distill(logits, teacher_logits)
         if self.alpha is None:
             return kd
-        # Labels of -1 mark unlabelled images (--labelled_fraction): the cross-entropy averages
-        # over the labelled rows of the batch, and is 0 when there are none.
-        labelled = y >= 0
-        if bool(labelled.all()):
-            ce = F.cross_entropy(logits, y)
-        elif bool(labelled.any()):
-            ce = F.cross_entropy(logits[labelled], y[labelled])
+        # Labels of -1 mark unlabelled images (--labelled_fraction): ignore_index averages the
+        # cross-entropy over the labelled rows; a batch without any would give 0/0, so it
+        # contributes 0 instead.
+        if bool((y >= 0).any()):
+            ce = F.cross_entropy(logits, y, ignore_index=-1)
         else:
             ce = logits.sum() * 0.0
         return self.alpha * kd + (1.0 - self.alpha) * ce
