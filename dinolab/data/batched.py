@@ -7,13 +7,13 @@ fixed cost (about 17 ms per image on one CPU core) outweighs a course ViT's trai
 
 1. per image (in the data set, where :class:`~dinolab.train.engine.SeededTransform` seeds it
    by ``(seed, epoch, index)``), it only *draws* the random parameters of every crop: box,
-   flip, colour-jitter factors and order, grey, blur sigma, solarisation, as
-   RandomResizedCrop, ColorJitter, RandomGrayscale, GaussianBlur and DINO's solarisation draw
-   them;
+   flip, rotation angle (when asked for), colour-jitter factors and order, grey, blur sigma,
+   solarisation, as RandomResizedCrop, ColorJitter, RandomGrayscale, GaussianBlur and DINO's
+   solarisation draw them;
 2. per batch (in :meth:`BatchedMultiCrop.collate`), it *applies* them to all images together:
    crops by ``torchvision.ops.roi_align`` (bilinear, averaging ``ceil(box / output)`` samples
-   per output pixel, so shrinking is anti-aliased), then flips, colour operations, blur and
-   solarisation as batched tensor arithmetic with per-crop factors.
+   per output pixel, so shrinking is anti-aliased), then flips, rotations, colour operations,
+   blur and solarisation as batched tensor arithmetic with per-crop factors.
 
 Each operation computes torchvision's formula (``adjust_brightness``, ``adjust_contrast``,
 ``adjust_saturation``, ``adjust_hue``, ``rgb_to_grayscale``, ``gaussian_blur``, ``solarize``)
@@ -46,6 +46,7 @@ from torchvision.ops import roi_align
 from dinolab.data.multicrop import (
     ImageLike,
     MultiCropAugmentation,
+    rotate_images,
     to_image_tensor,
 )
 
@@ -60,8 +61,8 @@ __all__ = [
 # Columns of one crop's parameter row.
 _X0, _Y0, _X1, _Y1, _FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE = range(10)
 _ORDER = slice(10, 14)  # the colour-jitter order: a permutation of 0..3 (b, c, s, h)
-_GRAY, _BLUR, _SIGMA, _SOLAR = 14, 15, 16, 17
-_NPARAMS = 18
+_GRAY, _BLUR, _SIGMA, _SOLAR, _ANGLE = 14, 15, 16, 17, 18
+_NPARAMS = 19
 _NUNIFORMS = 54  # uniforms drawn per crop: 40 for the box tries, 14 for the rest
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -72,7 +73,7 @@ class CropParams:
 
     Attributes:
         image: uint8 ``[3, H, W]`` (or float in ``[0, 1]``), the untouched image.
-        params: float64 ``[V, 18]``, one row per crop (box, flip, jitter factors and order,
+        params: float64 ``[V, 19]``, one row per crop (box, flip, jitter factors and order,
             grey, blur and its sigma, solarise).
     """
 
@@ -214,6 +215,7 @@ class BatchedMultiCrop:
         self.blur_sigma = ref.blur_sigma
         self.blur_kernel_size = ref.blur_kernel_size
         self.solarize_threshold = float(ref.solarize.threshold)
+        self.rotation_degrees = ref.rotation_degrees
         self.mean = torch.tensor(ref.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(ref.std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -278,10 +280,11 @@ class BatchedMultiCrop:
         row.append(float(u[11] < blur_p))
         row.append(self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[12])
         row.append(float(u[13] < solar_p))
+        row.append(0.0)  # rotation angle, drawn in __call__ when rotation is on
         return row
 
     def __call__(self, image: ImageLike) -> CropParams:
-        """Draw the crops' parameters for one image; returns the image and ``[V, 18]`` rows."""
+        """Draw the crops' parameters for one image; returns the image and ``[V, 19]`` rows."""
         img = to_image_tensor(image)
         _, height, width = img.shape
         p = self.probs
@@ -307,7 +310,12 @@ class BatchedMultiCrop:
                     u[2 + k], height, width, self.local_crops_scale, p["local_blur_prob"], 0.0
                 )
             )
-        return CropParams(img, torch.tensor(rows, dtype=torch.float64))
+        params = torch.tensor(rows, dtype=torch.float64)
+        if self.rotation_degrees > 0:
+            # A separate draw, so the other parameters are those of a run without rotation.
+            angles = torch.rand(self.num_crops, dtype=torch.float64)
+            params[:, _ANGLE] = (2.0 * angles - 1.0) * self.rotation_degrees
+        return CropParams(img, params)
 
     # ------------------------------------------------------------------ per batch: apply
 
@@ -316,7 +324,7 @@ class BatchedMultiCrop:
 
         Args:
             images: ``[B, 3, H, W]`` float in ``[0, 1]``.
-            params: ``[N, 19]``: the image index (column 0) then a crop's 18 parameters.
+            params: ``[N, 20]``: the image index (column 0) then a crop's 19 parameters.
             size: ``(h, w)`` of the output crops.
 
         Returns:
@@ -331,6 +339,9 @@ class BatchedMultiCrop:
         flip = p[:, _FLIP] > 0.5
         if flip.any():
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        rows = torch.nonzero(p[:, _ANGLE] != 0).flatten()
+        if rows.numel():
+            x = x.index_copy(0, rows, rotate_images(x[rows], p[rows, _ANGLE]))
         rows = torch.nonzero(p[:, _JITTER] > 0.5).flatten()
         if rows.numel():
             factors = p[rows][:, [_BRIGHT, _CONTRAST, _SAT, _HUE]]
@@ -382,9 +393,9 @@ class BatchedMultiCrop:
         for i, im in enumerate(images):
             im = im.float() / 255.0 if im.dtype == torch.uint8 else im.float()
             stack[i, :, : im.shape[-2], : im.shape[-1]] = im
-        params = torch.stack([s[0].params for s in batch])  # [B, V, 18]
+        params = torch.stack([s[0].params for s in batch])  # [B, V, 19]
         index = torch.arange(len(batch), dtype=params.dtype).view(-1, 1, 1).expand(-1, v, 1)
-        params = torch.cat((index, params), dim=2)  # [B, V, 19]
+        params = torch.cat((index, params), dim=2)  # [B, V, 20]
         b = len(batch)
         # Crop-major rows (all images' crop 0, then crop 1, ...): one roi_align per size.
         globals_ = self.apply(

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
@@ -50,6 +51,7 @@ __all__ = [
     "denormalize",
     "eval_transform",
     "multicrop_collate",
+    "rotate_images",
     "to_image_tensor",
 ]
 
@@ -151,6 +153,68 @@ class ToImageTensor(nn.Module):
         return to_image_tensor(img)
 
 
+def rotate_images(x: Tensor, degrees: Tensor) -> Tensor:
+    """Rotate each image about its centre by its own angle; corners repeat the nearest edge.
+
+    Bilinear resampling, positive angles counter-clockwise (torchvision's ``rotate``
+    convention). Where the rotated image leaves the frame, the nearest edge pixel is repeated
+    (``grid_sample``'s ``padding_mode="border"``) instead of torchvision's constant fill, so a
+    rotated crop has no black corners to give its rotation away.
+
+    Args:
+        x: float images ``[B, C, H, W]``.
+        degrees: ``[B]`` angles in degrees.
+
+    Returns:
+        ``[B, C, H, W]``, same dtype as ``x``.
+    """
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"rotate_images: x has shape {tuple(x.shape)} and dtype {x.dtype}; expected float "
+            "[B, C, H, W]"
+        )
+    if degrees.shape != (x.shape[0],):
+        raise ValueError(
+            f"rotate_images: degrees has shape {tuple(degrees.shape)}; expected [{x.shape[0]}]"
+        )
+    b, _, h, w = x.shape
+    a = torch.deg2rad(degrees.to(device=x.device, dtype=torch.float64))
+    cos, sin = torch.cos(a), torch.sin(a)
+    # Output pixel (u, v) in pixel units about the centre reads the input at R(-angle) (u, v);
+    # image rows grow downwards, so a counter-clockwise turn on screen is y' = -y in maths
+    # coordinates. affine_grid works in [-1, 1] units per axis, hence the aspect factors.
+    theta = torch.zeros(b, 2, 3, dtype=torch.float64, device=x.device)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin * h / w
+    theta[:, 1, 0] = sin * w / h
+    theta[:, 1, 1] = cos
+    grid = F.affine_grid(theta.to(x.dtype), [b, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class RandomRotation(nn.Module):
+    """Rotate a crop by an angle drawn uniformly from ``[-degrees, degrees]``.
+
+    Draws from torch's global generator. uint8 images are rotated in float and rounded back.
+    See :func:`rotate_images` for the convention and the edge handling.
+    """
+
+    def __init__(self, degrees: float) -> None:
+        super().__init__()
+        self.degrees = float(degrees)
+
+    def forward(self, img: Tensor) -> Tensor:
+        angle = (2.0 * torch.rand(1, dtype=torch.float64) - 1.0) * self.degrees
+        x = img.as_subclass(Tensor)
+        if x.dtype == torch.uint8:
+            out = rotate_images(x[None].float(), angle)[0]
+            return out.round().clamp(0, 255).to(torch.uint8)
+        return rotate_images(x[None], angle)[0]
+
+    def extra_repr(self) -> str:
+        return f"degrees={self.degrees}"
+
+
 class _ClampUnit(nn.Module):
     """Clip float images back into ``[0, 1]``: bicubic resizing overshoots at sharp edges."""
 
@@ -215,6 +279,11 @@ class MultiCropAugmentation:
         solarize_threshold: fraction of the value range at which solarisation inverts
             (0.5, i.e. 128 of 255, as in DINO).
         interpolation: resampling of RandomResizedCrop. DINO: bicubic.
+        rotation_degrees: rotate every crop (after the flip) by an angle drawn uniformly from
+            ``[-rotation_degrees, rotation_degrees]``, corners filled from the nearest edge
+            (:func:`rotate_images`). 0 (DINO, the default) switches it off; 180 draws any
+            angle. Not part of DINO: for data whose classes do not depend on orientation
+            (the bundled Shapes, cells, aerial images), like lightly's ``rr_degrees``.
 
     Call it on a PIL image, an array ``[H, W(, C)]`` or a tensor ``[3, H, W]`` /
     ``[1, H, W]`` / ``[H, W]`` (uint8, or float in ``[0, 1]``). It returns a list of
@@ -253,6 +322,7 @@ class MultiCropAugmentation:
         blur_kernel_size: int = DEFAULT_BLUR_KERNEL_SIZE,
         solarize_threshold: float = 0.5,
         interpolation: v2.InterpolationMode = v2.InterpolationMode.BICUBIC,
+        rotation_degrees: float = 0.0,
     ) -> None:
         self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
         self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
@@ -302,6 +372,14 @@ class MultiCropAugmentation:
                 ("local_blur_prob", local_blur_prob),
             ]
         }
+        if isinstance(rotation_degrees, bool) or not isinstance(rotation_degrees, (int, float)) or (
+            not 0.0 <= rotation_degrees <= 180.0
+        ):
+            raise ValueError(
+                f"MultiCropAugmentation: rotation_degrees={rotation_degrees!r} must be a number "
+                "in [0, 180] (degrees; 0 switches rotation off)"
+            )
+        self.rotation_degrees = float(rotation_degrees)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.blur_kernel_size = blur_kernel_size
         self.solarize = Solarize(solarize_threshold)
@@ -341,6 +419,10 @@ class MultiCropAugmentation:
             ),
             _ClampUnit(),
             v2.RandomHorizontalFlip(p=self.probs["flip_prob"]),
+        ]
+        if self.rotation_degrees > 0:
+            steps.append(RandomRotation(self.rotation_degrees))
+        steps += [
             v2.RandomApply([v2.ColorJitter(*self.color_jitter)], p=self.probs["color_jitter_prob"]),
             v2.RandomGrayscale(p=self.probs["grayscale_prob"]),
             v2.RandomApply([v2.GaussianBlur(kernel, sigma=self.blur_sigma)], p=blur_prob),

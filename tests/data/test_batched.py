@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from dinolab.data import IMAGENET_MEAN, IMAGENET_STD, BatchedMultiCrop, CropParams
 from dinolab.data.batched import apply_color_jitter, gaussian_blur_batch, rgb_to_grayscale
+from dinolab.data.multicrop import rotate_images
 
 ATOL = 1e-5  # float32 arithmetic in a different order than torchvision's
 
@@ -71,10 +72,12 @@ def test_blur_matches_torchvision_per_image_sigma() -> None:
         torch.testing.assert_close(got[i], want, atol=ATOL, rtol=0, msg=f"sigma {sigma[i]}")
 
 
-def _row(box, flip=0.0, jitter=0.0, gray=0.0, blur=0.0, sigma=1.0, solar=0.0) -> list[float]:
-    # The 18 columns of one crop: box, flip, jitter, b c s h factors, order, grey, blur,
-    # sigma, solarise.
-    return [*box, flip, jitter, 1.0, 1.0, 1.0, 0.0, 0, 1, 2, 3, gray, blur, sigma, solar]
+def _row(
+    box, flip=0.0, jitter=0.0, gray=0.0, blur=0.0, sigma=1.0, solar=0.0, angle=0.0
+) -> list[float]:
+    # The 19 columns of one crop: box, flip, jitter, b c s h factors, order, grey, blur,
+    # sigma, solarise, rotation angle.
+    return [*box, flip, jitter, 1.0, 1.0, 1.0, 0.0, 0, 1, 2, 3, gray, blur, sigma, solar, angle]
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -193,6 +196,51 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         aug.collate([])
     with pytest.raises(ValueError, match="sample 0 is not a \\(CropParams, label\\) pair"):
         aug.collate([([torch.zeros(3, 8, 8)], 0)])
-    bad = CropParams(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(5, 18))
-    with pytest.raises(ValueError, match=r"shape \(5, 18\), expected \(3, 18\)"):
+    bad = CropParams(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(5, 19))
+    with pytest.raises(ValueError, match=r"shape \(5, 19\), expected \(3, 19\)"):
         aug.collate([(bad, 0)])
+
+
+def test_rotation_matches_torchvision_inside_the_frame() -> None:
+    x = _images(3, size=16, seed=3)
+    angles = torch.tensor([90.0, -30.0, 137.5])
+    got = rotate_images(x, angles)
+    # A quarter turn maps pixel centres onto pixel centres: torchvision's own rot90.
+    torch.testing.assert_close(got[0], torch.rot90(x[0], 1, dims=(-2, -1)), atol=ATOL, rtol=0)
+    # Any angle: torchvision's bilinear rotate wherever the source point lies inside the image
+    # (outside, torchvision fills a constant and we repeat the edge). The disk of radius 6.5 px
+    # about the centre of a 16-px image rotates onto itself.
+    c = (torch.arange(16) + 0.5 - 8).abs()
+    inside = (c[:, None] ** 2 + c[None, :] ** 2) <= 6.5**2
+    for i, a in enumerate(angles.tolist()):
+        want = TF.rotate(x[i], a, interpolation=TF.InterpolationMode.BILINEAR)
+        torch.testing.assert_close(got[i][:, inside], want[:, inside], atol=ATOL, rtol=0)
+    # Outside the frame the nearest edge pixel is repeated: a constant image stays constant.
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    torch.testing.assert_close(rotate_images(flat, torch.tensor([45.0])), flat, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"degrees has shape \(2,\); expected \[3\]"):
+        rotate_images(x, torch.zeros(2))
+
+
+def test_rotation_is_drawn_apart_and_applied_after_the_flip() -> None:
+    kw = dict(global_crops_size=8, local_crops_size=4, local_crops_number=2)
+    img = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+    torch.manual_seed(4)
+    plain = torch.stack([BatchedMultiCrop(**kw)(img).params for _ in range(200)])
+    torch.manual_seed(4)
+    aug = BatchedMultiCrop(rotation_degrees=30.0, **kw)
+    rotated = [aug(img).params for _ in range(1)]
+    # Off by default: the angle column is 0 and no uniform is spent on it.
+    assert (plain[..., 18] == 0).all()
+    torch.testing.assert_close(rotated[0][:, :18], plain[0, :, :18], atol=0, rtol=0)
+    angles = torch.stack([aug(img).params[:, 18] for _ in range(2000)])  # [2000, 4]
+    assert angles.abs().max() <= 30.0 and angles.abs().max() > 29.0
+    # Uniform on [-30, 30]: mean 0 and standard deviation 30 / sqrt(3), within 5 standard errors.
+    assert abs(float(angles.mean())) <= 5 * (30 / math.sqrt(3)) / math.sqrt(angles.numel())
+    assert abs(float(angles.std()) - 30 / math.sqrt(3)) < 0.5
+    x = img.float() / 255
+    rows = torch.tensor([[0.0, *_row((2, 3, 10, 11), flip=1.0, angle=-40.0)]]).double()
+    out = aug.apply(x[None], rows, (8, 8))
+    flipped = x[:, 3:11, 2:10].flip(-1)
+    want = _normalise(rotate_images(flipped[None], torch.tensor([-40.0]))[0])
+    torch.testing.assert_close(out[0], want, atol=ATOL, rtol=0)

@@ -82,6 +82,27 @@ def test_defaults_are_dinos() -> None:
     }
     assert aug.color_jitter == (0.4, 0.4, 0.2, 0.1) and aug.blur_sigma == (0.1, 2.0)
     assert aug.solarize.threshold == 0.5
+    assert aug.rotation_degrees == 0.0  # DINO does not rotate
+
+
+def test_rotation_turns_each_crop_by_its_own_angle() -> None:
+    # A white bar across a black 16-px image: flips leave it horizontal, a rotation does not.
+    img = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    img[:, 7:9, :] = 255
+    plain = dict(global_crops_size=16, local_crops_size=8, local_crops_number=2,
+                 global_crops_scale=(1.0, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0,
+                 global1_blur_prob=0.0, global2_blur_prob=0.0, global2_solarize_prob=0.0,
+                 local_blur_prob=0.0)
+    torch.manual_seed(0)
+    still = MultiCropAugmentation(**plain)(img)[0]
+    rotating = MultiCropAugmentation(rotation_degrees=90.0, **plain)
+    assert any("RandomRotation" in repr(t) for t in rotating.global_transfo1.transforms)
+    torch.manual_seed(0)
+    turned = [rotating(img)[0] for _ in range(4)]
+    rows_lit = [(c[0] > 0).any(dim=1).sum().item() for c in turned]
+    assert (still[0] > 0).any(dim=1).sum().item() == 2  # the bar covers 2 rows unrotated
+    assert max(rows_lit) > 2  # a turned bar crosses more rows
+    assert all(tuple(c.shape) == (3, 16, 16) and c.dtype == torch.float32 for c in turned)
 
 
 def test_crop_count_order_sizes_and_dtype() -> None:
@@ -299,6 +320,9 @@ def test_blur_kernel_shrinks_for_tiny_crops() -> None:
         (dict(color_jitter=(0.4, 0.4, 0.2)), "color_jitter"),
         (dict(std=(0.2, 0.0, 0.2)), "std"),
         (dict(solarize_threshold=3.0), "threshold"),
+        (dict(rotation_degrees=-5), "rotation_degrees"),
+        (dict(rotation_degrees=200.0), "rotation_degrees"),
+        (dict(rotation_degrees=True), "rotation_degrees"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs: dict, name: str) -> None:

@@ -196,3 +196,16 @@ def test_batched_and_per_crop_augmentation_both_train(tmp_path):
     assert per_crop.collate_fn is multicrop_collate
     record = train_dino(tiny(tmp_path / "per_crop", epochs=1, batched_augmentation=False))
     assert math.isfinite(record["train_loss"])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_rotation_flag_reaches_the_augmentation(tmp_path, batched):
+    data = build_ssl_data(tiny(tmp_path, rotation_degrees=45.0, batched_augmentation=batched))
+    assert data.train_set.transform.rotation_degrees == 45.0
+    sample, _ = data.train_set[0]
+    if batched:  # the angles are drawn with the other crop parameters
+        angles = sample.params[:, 18]
+        assert (angles.abs() <= 45.0).all() and (angles != 0).all()
+    else:
+        assert len(sample) == data.train_set.transform.num_crops
+    assert build_ssl_data(tiny(tmp_path)).train_set.transform.rotation_degrees == 0.0

@@ -133,6 +133,14 @@ class SSLConfig(TrainConfig):
             "on 224-pixel crops). On small crops scale it down with the crop side."
         ),
     )
+    rotation_degrees: float = field(
+        default=0.0,
+        metadata=_help(
+            "Rotate every crop by a random angle in [-N, N] degrees, corners filled from the "
+            "nearest edge. 0 (official DINO) turns it off; use it for images whose content has "
+            "no up (the bundled shapes, cells, aerial photos)."
+        ),
+    )
     batched_augmentation: bool = field(
         default=True,
         metadata=_help(
@@ -238,6 +246,7 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
         "color_jitter": tuple(cfg.color_jitter),
         "grayscale_prob": cfg.grayscale_prob,
         "blur_sigma": tuple(cfg.blur_sigma),
+        "rotation_degrees": cfg.rotation_degrees,
     }
     augmentation: Any
     collate_fn: Callable[[list[Any]], Any] = multicrop_collate
