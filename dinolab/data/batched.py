@@ -74,7 +74,7 @@ class CropParams:
     Attributes:
         image: uint8 ``[3, H, W]`` (or float in ``[0, 1]``), the untouched image.
         params: float64 ``[V, 19]``, one row per crop (box, flip, jitter factors and order,
-            grey, blur and its sigma, solarise).
+            grey, blur and its sigma, solarise, rotation angle in degrees).
     """
 
     __slots__ = ("image", "params")

@@ -180,9 +180,9 @@ def rotate_images(x: Tensor, degrees: Tensor) -> Tensor:
     b, _, h, w = x.shape
     a = torch.deg2rad(degrees.to(device=x.device, dtype=torch.float64))
     cos, sin = torch.cos(a), torch.sin(a)
-    # Output pixel (u, v) in pixel units about the centre reads the input at R(-angle) (u, v);
-    # image rows grow downwards, so a counter-clockwise turn on screen is y' = -y in maths
-    # coordinates. affine_grid works in [-1, 1] units per axis, hence the aspect factors.
+    # Each output pixel p (pixel units about the centre, y pointing down) reads the input at
+    # [[cos, -sin], [sin, cos]] p: a counter-clockwise turn on screen, as torchvision's.
+    # affine_grid works in [-1, 1] units per axis, hence the aspect factors h / w and w / h.
     theta = torch.zeros(b, 2, 3, dtype=torch.float64, device=x.device)
     theta[:, 0, 0] = cos
     theta[:, 0, 1] = -sin * h / w
