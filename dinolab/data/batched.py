@@ -219,6 +219,8 @@ class BatchedMultiCrop:
         self.mean = torch.tensor(ref.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(ref.std, dtype=torch.float32).view(1, 3, 1, 1)
 
+    torch_rng_only = True  # draws from torch's generator alone (SeededTransform skips the rest)
+
     @property
     def num_crops(self) -> int:
         """``V = 2 + local_crops_number``."""

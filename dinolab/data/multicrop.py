@@ -293,6 +293,9 @@ class MultiCropAugmentation:
     The three pipelines are kept as ``global_transfo1``, ``global_transfo2`` and
     ``local_transfo`` (official DINO's attribute names).
 
+    Every random draw comes from torch's global generator (``torch_rng_only`` is True), so
+    ``torch.manual_seed`` alone makes its crops repeatable.
+
     Examples:
         >>> from PIL import Image
         >>> aug = MultiCropAugmentation(global_crops_size=32, local_crops_size=16)
@@ -403,6 +406,8 @@ class MultiCropAugmentation:
     def num_crops(self) -> int:
         """``V = 2 + local_crops_number``, the length of the returned list."""
         return 2 + self.local_crops_number
+
+    torch_rng_only = True  # no draw from Python's random or NumPy (SeededTransform skips them)
 
     def _pipeline(
         self,

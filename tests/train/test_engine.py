@@ -110,6 +110,30 @@ def test_seeded_transform_depends_only_on_seed_epoch_and_index():
     assert not torch.equal(noise[0][0], first[0])
 
 
+def test_seeded_transform_seeds_python_and_numpy_unless_the_transform_is_torch_only():
+    import random
+
+    from dinolab.data import BatchedMultiCrop
+
+    images = TensorDataset(torch.zeros(4, 2), torch.arange(4))
+    mixed = SeededTransform(images, lambda x: (random.random(), float(np.random.rand())), seed=5)
+    random.seed(7)
+    np.random.seed(7)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    first = [mixed[i][0] for i in range(4)]
+    assert [mixed[i][0] for i in range(4)] == first and len(set(first)) == 4
+    assert random.getstate() == py_state and np.array_equal(np.random.get_state()[1], np_state[1])
+    # dinolab's multi-crop draws from torch only: its draw is that of torch.manual_seed(s1).
+    aug = BatchedMultiCrop(global_crops_size=8, local_crops_size=4, local_crops_number=1)
+    assert aug.torch_rng_only
+    image = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+    crops = SeededTransform(TensorDataset(image[None], torch.zeros(1)), aug, seed=5)
+    s1 = int(np.random.SeedSequence([5, 0, 0]).generate_state(3)[0])
+    torch.manual_seed(s1)
+    assert torch.equal(crops[0][0].params, aug(image).params)
+    assert random.getstate() == py_state
+
+
 class Toy(Task):
     """Linear regression on a fixed target; loss becomes NaN from ``nan_at`` on."""
 
