@@ -400,9 +400,9 @@ def _knn_figure(
     baselines: dict[str, float],
     chance: float,
     path: Path,
-    budget_epoch: int | None = None,
+    budget_marks: dict[str, int] | None = None,
 ) -> None:
-    """The teacher's k-NN accuracy per epoch, baselines as horizontal lines, the budget's end."""
+    """The teacher's k-NN accuracy per epoch, baselines as horizontal lines, the budget's ends."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.0))
@@ -412,8 +412,8 @@ def _knn_figure(
     for (name, value), style in zip(baselines.items(), ("--", ":"), strict=True):
         ax.axhline(value, color="gray", ls=style, label=f"{name} ({value:.1f}%)")
     ax.axhline(chance, color="lightgray", ls="-.", label=f"chance ({chance:.1f}%)")
-    if budget_epoch is not None:
-        ax.axvline(budget_epoch, color="tab:red", ls=":", label="5 CPU-minutes of training")
+    for (label, epoch), style in zip((budget_marks or {}).items(), (":", "--"), strict=False):
+        ax.axvline(epoch, color="tab:red", ls=style, label=label)
     ax.set_title("DINO on Shapes: k-NN accuracy of the teacher's features")
     ax.set_xlabel("epoch")
     ax.set_ylabel("k-NN top-1 (%)")
@@ -435,13 +435,29 @@ def experiment_dino(quick: bool) -> str:
         random_backbone, data.knn_train, data.knn_test, data.num_classes, k=cfg.knn_k
     )
     pixel_acc = knn_evaluate(None, data.knn_train, data.knn_test, data.num_classes, k=cfg.knn_k)
+    from unittest import mock
+
+    import dinolab.train.recipes.dino as dino_recipe
+
     wall, cpu = time.perf_counter(), time.process_time()
     cpu_after_epoch: dict[int, float] = {}  # CPU seconds since the start, at each epoch's end
+    train_cpu_after_epoch: dict[int, float] = {}  # the same without the k-NN evaluations
+    eval_cpu = [0.0]  # CPU seconds spent in the per-epoch k-NN evaluations so far
+
+    def timed_knn(*args: Any, **kwargs: Any) -> float:
+        start = time.process_time()
+        try:
+            return knn_evaluate(*args, **kwargs)
+        finally:
+            eval_cpu[0] += time.process_time() - start
 
     def clock(engine: Any, step: dict[str, Any]) -> None:
-        cpu_after_epoch[int(step["epoch"])] = time.process_time() - cpu
+        now = time.process_time() - cpu
+        cpu_after_epoch[int(step["epoch"])] = now
+        train_cpu_after_epoch[int(step["epoch"])] = now - eval_cpu[0]
 
-    record = train_dino(cfg, data=data, callbacks=[clock])
+    with mock.patch.object(dino_recipe, "knn_evaluate", timed_knn):
+        record = train_dino(cfg, data=data, callbacks=[clock])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     epochs = [
         json.loads(x) for x in (Path(cfg.output_dir) / "log_epochs.jsonl").read_text().splitlines()
@@ -449,24 +465,38 @@ def experiment_dino(quick: bool) -> str:
     curve = ", ".join(f"{e['knn_top1']:.1f}" for e in epochs)
     dino_acc = record["knn_top1"]
     margin = min(dino_acc - random_acc, dino_acc - pixel_acc)
-    # The goal's budget: the last epoch whose training ended within 5 CPU-minutes (the k-NN
-    # evaluations of the epochs before it included).
-    within = [e for e in epochs if cpu_after_epoch.get(e["epoch"], float("inf")) <= BUDGET_S]
-    budget_epoch = within[-1] if within else None
-    budget_acc = budget_epoch["knn_top1"] if budget_epoch else float("nan")
-    budget_margin = min(budget_acc - random_acc, budget_acc - pixel_acc)
-    met = budget_epoch is not None and budget_margin >= CLEAR_MARGIN
-    n_budget = budget_epoch["epoch"] + 1 if budget_epoch else 0
+    # The goal's budget, read two ways: the last epoch whose training ended within 5
+    # CPU-minutes with the k-NN evaluations of the epochs before it counted as spent budget
+    # (strict), and without them (the goal says "5 CPU-minutes of training").
+    readings = {}
+    for key, cpu_at in (("strict", cpu_after_epoch), ("training", train_cpu_after_epoch)):
+        within = [e for e in epochs if cpu_at.get(e["epoch"], float("inf")) <= BUDGET_S]
+        if within:
+            acc = within[-1]["knn_top1"]
+            readings[key] = (within[-1]["epoch"] + 1, cpu_at[within[-1]["epoch"]] / 60, acc,
+                             min(acc - random_acc, acc - pixel_acc))
+        else:
+            readings[key] = (0, float("nan"), float("nan"), float("nan"))
+    n_budget, strict_min, budget_acc, budget_margin = readings["strict"]
+    n_train, train_min, train_acc, train_margin = readings["training"]
+    met_strict = budget_margin >= CLEAR_MARGIN
+    met_train = train_margin >= CLEAR_MARGIN
+    if met_strict:
+        verdict = "goal met on both readings"
+    elif met_train:
+        verdict = ("goal met on the training-only reading, NOT with the evaluations counted; "
+                   "with about ±1.5 points between reruns, not a robust margin")
+    else:
+        verdict = "goal NOT met"
     for name in ("loss", "teacher_entropy", "kl"):
         src = Path(cfg.output_dir) / f"{name}.png"
         if src.exists():
             (OUT / f"dino_{name}.png").write_bytes(src.read_bytes())
+    marks = {"5 CPU-minutes, evaluations counted": n_budget,
+             "5 CPU-minutes of training alone": n_train}
     _knn_figure(epochs, {"raw pixels": pixel_acc, "random initialisation": random_acc},
                 100 / data.num_classes, OUT / "dino_knn_accuracy.png",
-                budget_epoch=n_budget or None)
-    budget_cpu = (
-        f"{cpu_after_epoch[budget_epoch['epoch']] / 60:.1f} CPU-minutes" if budget_epoch else "-"
-    )
+                budget_marks={k: v for k, v in marks.items() if v})
     lines = [
         "## DINO on the synthetic shapes vs random initialisation vs raw pixels",
         "",
@@ -479,17 +509,21 @@ def experiment_dino(quick: bool) -> str:
         "|---|---:|",
         f"| raw pixels (3x{cfg.global_crops_size}x{cfg.global_crops_size}) | {pixel_acc:.1f} |",
         f"| {cfg.arch} at random initialisation | {random_acc:.1f} |",
-        f"| {cfg.arch} after DINO, {n_budget} epochs (the last to end within 5 CPU-minutes) "
-        f"| {budget_acc:.1f} |",
+        f"| {cfg.arch} after DINO, {n_budget} epochs (the last to end within 5 CPU-minutes, "
+        f"k-NN evaluations counted) | {budget_acc:.1f} |",
+        f"| {cfg.arch} after DINO, {n_train} epochs (the last whose training alone ended "
+        f"within 5 CPU-minutes) | {train_acc:.1f} |",
         f"| {cfg.arch} after DINO, all {cfg.epochs} epochs | {dino_acc:.1f} |",
         "",
         f"Training took {wall / 60:.1f} min wall-clock and {cpu / 60:.1f} CPU-minutes of this "
         f"process (evaluation included). k-NN accuracy after each epoch: {curve}.",
         f"Goal: DINO beats both baselines by a clear margin (taken here as at least "
-        f"{CLEAR_MARGIN:.0f} points) within 5 CPU-minutes. Measured: after {n_budget} epochs "
-        f"({budget_cpu}), {budget_margin:+.1f} points over the better baseline; after all "
-        f"{cfg.epochs} epochs ({cpu / 60:.1f} CPU-minutes), {margin:+.1f} points: goal "
-        f"{'met' if met else 'NOT met'}.",
+        f"{CLEAR_MARGIN:.0f} points) within 5 CPU-minutes of training. Measured, over the "
+        f"better baseline: after {n_budget} epochs ({strict_min:.1f} CPU-minutes with the "
+        f"evaluations) {budget_margin:+.1f} points; after {n_train} epochs ({train_min:.1f} "
+        f"CPU-minutes of training alone; the per-epoch k-NN evaluations took "
+        f"{eval_cpu[0]:.0f} CPU-seconds in all) {train_margin:+.1f} points; after all "
+        f"{cfg.epochs} epochs ({cpu / 60:.1f} CPU-minutes) {margin:+.1f} points: {verdict}.",
         "",
         "![k-NN accuracy](experiments/dino_knn_accuracy.png)",
         "![teacher entropy](experiments/dino_teacher_entropy.png)",
