@@ -100,8 +100,9 @@ _float_type.__name__ = "number"
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--<field>`` flag per field of the dataclass ``cls`` (help from its metadata).
 
-    Fields listed in ``cls.cli_exclude`` are left out. Booleans accept ``--flag`` (true) or
-    ``--flag false``; pairs take two numbers; ``int | None`` / ``str | None`` default to None.
+    Fields listed in ``cls.cli_exclude`` are left out. Booleans accept ``--flag`` (true),
+    ``--flag false`` or ``--no-flag``; pairs take two numbers; ``int | None`` /
+    ``str | None`` default to None.
     """
     hints = typing.get_type_hints(cls)
     exclude = set(getattr(cls, "cli_exclude", ()))
@@ -140,6 +141,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         kw["help"] = f"{help_text} (default: {shown})".replace("%", "%%")
         parser.add_argument(f"--{f.name}", **kw)
+        if base is bool:
+            parser.add_argument(
+                f"--no-{f.name}",
+                dest=f.name,
+                action="store_false",
+                help=f"Same as --{f.name} false.",
+            )
 
 
 def _recipes() -> dict[str, tuple[type, Any]]:

@@ -137,6 +137,26 @@ def test_bool_flag_accepts_official_spellings():
     assert bool_flag("True") and bool_flag("1") and not bool_flag("false")
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], True),
+        (["--progress"], True),
+        (["--progress", "false"], False),
+        (["--no-progress"], False),
+        (["--no-progress", "--progress"], True),  # the last one wins, as in argparse
+    ],
+)
+def test_boolean_flags_also_take_a_no_prefix(argv, expected):
+    from dinolab.cli import build_parser
+
+    # The help texts promise --no-progress and --no-teacher_nonlinear: every boolean has one.
+    args = build_parser().parse_args(["train", "kd", *argv])
+    assert args.progress is expected
+    linear = build_parser().parse_args(["train", "kd", "--no-teacher_nonlinear"])
+    assert linear.teacher_nonlinear is False
+
+
 def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "dino", *TINY, "--output_dir", str(out)]) == 0
