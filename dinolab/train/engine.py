@@ -743,8 +743,11 @@ class Engine:
                 record = self._train_one_epoch(epoch, show)
                 self.task.student.eval()
                 if self.is_main:
+                    wall, cpu = time.perf_counter(), time.process_time()
                     with torch.no_grad():
                         record.update(self.task.evaluate(epoch))
+                    record["eval_time_s"] = time.perf_counter() - wall
+                    record["eval_cpu_time_s"] = time.process_time() - cpu
                 self.task.train_mode()
                 if self.dist.distributed:
                     record["rank_weight_spread"] = self._rank_weight_spread()
@@ -775,7 +778,7 @@ class Engine:
         self.task.train_mode()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # a task may leave a metric out of some steps
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         bar = tqdm(
             self.loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -806,6 +809,7 @@ class Engine:
             "epoch": epoch,
             "it": (epoch + 1) * self.niter_per_ep,
             "epoch_time_s": time.perf_counter() - start,
+            "epoch_cpu_time_s": time.process_time() - cpu_start,
             **means,
         }
 

@@ -202,6 +202,9 @@ def test_engine_applies_official_schedules_and_logs_every_step(tmp_path):
     assert groups[0]["weight_decay"] == pytest.approx(wd[8]) and groups[1]["weight_decay"] == 0.0
     epochs = [json.loads(line) for line in (tmp_path / "log_epochs.jsonl").read_text().splitlines()]
     assert [e["val_acc"] for e in epochs] == [0.0, 10.0, 20.0]
+    for e in epochs:  # wall and CPU time of each epoch's training and of its evaluation
+        for key in ("epoch_time_s", "epoch_cpu_time_s", "eval_time_s", "eval_cpu_time_s"):
+            assert math.isfinite(e[key]) and e[key] >= 0.0, (key, e)
     assert record["train_loss"] == pytest.approx(np.mean([s["loss"] for s in steps[6:]]))
     ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
     assert ckpt["epoch"] == 3 and ckpt["step"] == 9 and ckpt["recipe"] == "toy"
