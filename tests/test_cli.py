@@ -152,9 +152,15 @@ def test_bool_flag_accepts_official_spellings():
 def test_boolean_flags_also_take_a_no_prefix(argv, expected):
     from dinolab.cli import build_parser
 
-    # The help texts promise --no-progress and --no-teacher_nonlinear: every boolean has one.
+    # The help text of --progress promises --no-progress: every boolean has a --no- form.
     args = build_parser().parse_args(["train", "kd", *argv])
     assert args.progress is expected
+
+
+def test_no_teacher_nonlinear_gives_the_drafts_linear_teacher():
+    from dinolab.cli import build_parser
+
+    # The kd recipe's docstring names --no-teacher_nonlinear for seed 004's linear teacher.
     linear = build_parser().parse_args(["train", "kd", "--no-teacher_nonlinear"])
     assert linear.teacher_nonlinear is False
 
