@@ -201,7 +201,8 @@ def experiment_kd_few_labels(quick: bool, seeds: list[int]) -> str:
     accs: dict[str, list[float]] = {}
     diffs: dict[str, list[float]] = {"student_kd": [], "student_kd_ce": []}
     params: dict[str, int] = {}
-    commands, labelled = [], 0
+    commands: list[str] = []
+    labelled = total = 0
     for seed in seeds:
         cfg = _kd_config(
             f"seed{seed}_labelled{SCARCE_LABELS}", seed, epochs, quick,
@@ -209,19 +210,14 @@ def experiment_kd_few_labels(quick: bool, seeds: list[int]) -> str:
         )
         _fresh(Path(cfg.output_dir))
         commands.append(_cli("kd", cfg, KDConfig()))
-        if not labelled:
-            from dinolab.train.recipes.kd import load_kd_data, split_labelled
-
-            train_set = load_kd_data(cfg)[0]
-            _, transfer = split_labelled(train_set, cfg.labelled_fraction, cfg.seed)
-            labelled = int((transfer.tensors[1] >= 0).sum())
-            total = len(train_set)
         results = train_kd(cfg)
         for phase, r in results.items():
             params[phase] = r["parameters"]
             accs.setdefault(phase, []).append(r["val_acc"])
         for phase in diffs:
             diffs[phase].append(results[phase]["val_acc"] - results["student_labels"]["val_acc"])
+        labelled = results["student_labels"]["labelled_images"]
+        total = results["student_kd"]["train_images"]
     teacher = statistics.fmean(accs["teacher"])
     names = {
         "teacher": f"TeacherNet, {labelled} labelled images",

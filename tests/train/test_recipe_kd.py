@@ -231,3 +231,10 @@ def test_kd_ce_uses_only_labelled_rows_and_the_transfer_set_runs(tmp_path):
     # see all of them (about 3/4 of the 144 training images here).
     assert unlabelled["teacher"] == unlabelled["student_labels"] == 0
     assert unlabelled["student_kd"] == unlabelled["student_kd_ce"] > 100
+    # The counts it reports: 144 training images, the rest after the unlabelled ones.
+    n_labelled = 144 - unlabelled["student_kd"]
+    assert {(r["train_images"], r["labelled_images"]) for r in results.values()} == {
+        (n_labelled, n_labelled),
+        (144, n_labelled),
+    }
+    assert results["student_labels"]["train_images"] == n_labelled

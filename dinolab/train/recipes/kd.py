@@ -489,7 +489,10 @@ def train_kd(
     cfg: KDConfig,
     callbacks: Sequence[Callable[[Engine, dict[str, Any]], None]] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Run the phases of the ``kd`` recipe; return ``{phase: {val_acc, ema_val_acc, parameters}}``.
+    """Run the phases of the ``kd`` recipe; return ``{phase: {val_acc, ema_val_acc, ...}}``.
+
+    Each phase's entry also holds ``parameters`` (the model's), ``train_images`` (distinct
+    training images the phase saw) and ``labelled_images`` (how many of them had a label).
 
     With ``resume``, each phase continues from its own checkpoint if it has one (a finished
     phase is only re-evaluated) and starts fresh otherwise.
@@ -504,6 +507,7 @@ def train_kd(
     fix_random_seeds(cfg.seed)
     train_set, val_set, num_classes, channels = load_kd_data(cfg)
     labelled_set, transfer_set = split_labelled(train_set, cfg.labelled_fraction, cfg.seed)
+    n_labelled = int((transfer_set.tensors[1] >= 0).sum())
     output_dir = Path(cfg.output_dir)
 
     def new_student() -> nn.Module:
@@ -552,10 +556,13 @@ def train_kd(
                     cfg.ema_buffers,
                 )
         task.augment_shift = cfg.augment_shift
-        data = labelled_set if phase in ("teacher", "student_labels") else transfer_set
+        labels_only = phase in ("teacher", "student_labels")
+        data = labelled_set if labels_only else transfer_set
         record = Engine(task, data, phase_cfg, callbacks=callbacks).fit()
         results[phase] = {
             "parameters": count_parameters(task.student),
+            "train_images": n_labelled if labels_only else len(transfer_set),
+            "labelled_images": n_labelled,
             "val_acc": record.get("val_acc"),
             "ema_val_acc": record.get("ema_val_acc"),
         }
