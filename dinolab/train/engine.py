@@ -76,6 +76,8 @@ __all__ = [
     "fix_random_seeds",
     "resolve_device",
     "autocast_context",
+    "wants_sync_batchnorm",
+    "convert_sync_batchnorm_in_place",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -182,6 +184,15 @@ class TrainConfig:
             "choices": ("fp32", "bf16", "fp16"),
         },
     )
+    sync_bn: bool = field(
+        default=True,
+        metadata=_help(
+            "Under torchrun on GPUs, turn the trained models' BatchNorm layers into "
+            "SyncBatchNorm, so they normalise over the global batch as official DINO does. "
+            "PyTorch has no SyncBatchNorm on CPUs: there (gloo) each process normalises its "
+            "own part of the batch. Models without BatchNorm are unaffected."
+        ),
+    )
     seed: int = field(
         default=0,
         metadata=_help(
@@ -241,6 +252,30 @@ class TrainConfig:
                       if k in names})
 
 
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def wants_sync_batchnorm(config: TrainConfig, dist_info: du.DistInfo) -> bool:
+    """Whether the engine converts BatchNorm to SyncBatchNorm: ``sync_bn``, several
+    processes, and a GPU (PyTorch's SyncBatchNorm has no CPU kernel)."""
+    return bool(config.sync_bn) and dist_info.distributed and dist_info.device.type == "cuda"
+
+
+def convert_sync_batchnorm_in_place(module: nn.Module) -> None:
+    """Replace every BatchNorm layer inside ``module`` by a SyncBatchNorm sharing its tensors.
+
+    Raises:
+        TypeError: ``module`` is itself a BatchNorm layer (it cannot be replaced in place).
+    """
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if converted is not module:  # only when module itself is a BatchNorm layer
+        raise TypeError(
+            f"convert_sync_batchnorm: {type(module).__name__} is itself a BatchNorm layer; "
+            "wrap it in a container module so it can be converted in place"
+        )
+
+
 @dataclass
 class StepContext:
     """What :meth:`Task.training_step` may need to know about the current iteration."""
@@ -274,6 +309,17 @@ class Task:
     def modules_to_device(self, device: torch.device) -> None:
         """Move every module the task owns to ``device`` (default: the student)."""
         self.student.to(device)
+
+    def convert_sync_batchnorm(self) -> None:
+        """Turn the BatchNorm layers of every module that trains in train mode into
+        :class:`torch.nn.SyncBatchNorm`, in place (default: the student's).
+
+        Called by the engine before DDP wraps the student, only under torchrun on GPUs with
+        ``sync_bn``. The layers keep their parameters and buffers (the same tensors), so
+        optimiser groups, EMA pairs and checkpoint keys are unchanged. A frozen teacher that
+        runs in eval mode needs no conversion: it normalises with its running statistics.
+        """
+        convert_sync_batchnorm_in_place(self.student)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups: group 0 is decayed, group 1 (biases, norms) is not."""
@@ -534,6 +580,17 @@ class Engine:
         torch.manual_seed(config.seed + 1000 * self.dist.rank + 1)
         task.modules_to_device(self.device)
         task.setup(config.epochs, self.niter_per_ep, self.device)
+        if wants_sync_batchnorm(config, self.dist):
+            task.convert_sync_batchnorm()
+        elif self.dist.distributed and _has_batchnorm(task.student) and self.is_main:
+            warnings.warn(
+                "BatchNorm under torchrun without SyncBatchNorm "
+                f"({'--sync_bn is off' if self.device.type == 'cuda' else 'CPU processes'}): "
+                "each process normalises its own part of the batch, so the run differs from "
+                "one process with the same global batch",
+                UserWarning,
+                stacklevel=2,
+            )
         self.student = task.student
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -85,12 +85,13 @@ FLAGS = [
 ]
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
 
 
 def _single(recipe: str, flags: list[str], cwd: Path) -> None:
@@ -98,8 +99,8 @@ def _single(recipe: str, flags: list[str], cwd: Path) -> None:
     _run([sys.executable, "-m", "dinolab", "train", recipe, *flags], cwd)
 
 
-def _torchrun(recipe: str, flags: list[str], cwd: Path) -> None:
-    _run(
+def _torchrun(recipe: str, flags: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return _run(
         [
             sys.executable,
             "-m",
@@ -159,7 +160,7 @@ COMMON = ["--device", "cpu", "--progress", "false", "--plots", "false"]
 def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path):
     """The other two recipes under torchrun: they finish, and DDP keeps the ranks equal."""
     kd = tmp_path / "kd"
-    _torchrun(
+    done = _torchrun(
         "kd",
         [
             *COMMON,
@@ -183,6 +184,8 @@ def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path)
     )
     results = json.loads((kd / "results.json").read_text())
     assert set(results) == {"teacher", "student_kd"}
+    # The conv nets have BatchNorm, and CPU processes cannot sync it: rank 0 says so.
+    assert "BatchNorm under torchrun without SyncBatchNorm (CPU processes)" in done.stderr
     for phase in results:
         epochs = [json.loads(x) for x in (kd / phase / "log_epochs.jsonl").read_text().splitlines()]
         # DDP all-reduces the gradients, so both ranks apply the same update; BatchNorm's
@@ -246,3 +249,57 @@ def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path)
     epochs = [json.loads(x) for x in (distill / "log_epochs.jsonl").read_text().splitlines()]
     assert all(e["rank_weight_spread"] == 0.0 for e in epochs)
     assert load_checkpoint(distill / "checkpoint.pth")["world_size"] == 2
+
+
+def _info(device: str, world_size: int) -> du.DistInfo:
+    backend = None if world_size == 1 else ("nccl" if device == "cuda" else "gloo")
+    return du.DistInfo(0, world_size, 0, torch.device(device), backend)
+
+
+def test_sync_batchnorm_only_on_several_gpu_processes():
+    from dinolab.train.engine import TrainConfig, wants_sync_batchnorm
+
+    on, off = TrainConfig(), TrainConfig(sync_bn=False)
+    assert wants_sync_batchnorm(on, _info("cuda", 2))
+    assert not wants_sync_batchnorm(off, _info("cuda", 2))
+    assert not wants_sync_batchnorm(on, _info("cuda", 1))  # one process: nothing to sync
+    assert not wants_sync_batchnorm(on, _info("cpu", 2))  # PyTorch has no CPU SyncBatchNorm
+
+
+def test_sync_batchnorm_conversion_keeps_tensors_keys_and_the_frozen_teacher(tmp_path):
+    """What the engine does on GPU ranks, checked on the CPU: the conversion itself."""
+    import torch.nn as nn
+
+    from dinolab.ema import ema_update
+    from dinolab.train.engine import convert_sync_batchnorm_in_place
+    from dinolab.train.recipes.dino import DINOConfig, DINOTask, build_student
+    from dinolab.train.recipes.kd import KDTask
+
+    def batchnorms(module: nn.Module) -> tuple[int, int]:
+        sync = sum(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+        plain = sum(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in module.modules())
+        return sync, plain
+
+    cfg = DINOConfig(output_dir=str(tmp_path), arch="resnet18", out_dim=16,
+                     head_hidden_dim=8, head_bottleneck_dim=4, device="cpu")
+    task = DINOTask(cfg, build_student(cfg), None)
+    tensors = {k: v.data_ptr() for k, v in task.pair.state_dict().items()}
+    n_bn = batchnorms(task.student)[1]
+    assert n_bn > 0
+    task.convert_sync_batchnorm()
+    # Student and teacher alike (the DINO teacher normalises with batch statistics too) ...
+    assert batchnorms(task.student) == batchnorms(task.teacher) == (n_bn, 0)
+    # ... and the same tensors under the same names: optimiser groups, EMA pairs and
+    # checkpoints are unaffected.
+    assert {k: v.data_ptr() for k, v in task.pair.state_dict().items()} == tensors
+    ema_update(task.teacher, task.student, 0.5)
+
+    student, teacher = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+    )
+    kd = KDTask("student_kd", student, teacher, TensorDataset(torch.zeros(1)), 2.0, None, None)
+    kd.convert_sync_batchnorm()
+    assert batchnorms(kd.student) == (1, 0)
+    assert batchnorms(teacher) == (0, 1)  # frozen, in eval mode: its running statistics
+    with pytest.raises(TypeError, match="BatchNorm2d is itself a BatchNorm layer"):
+        convert_sync_batchnorm_in_place(nn.BatchNorm2d(3))

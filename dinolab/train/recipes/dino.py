@@ -35,7 +35,13 @@ import torch.nn as nn
 from dinolab.ema import ema_update
 from dinolab.models import BACKBONES
 from dinolab.schedules import cosine_schedule
-from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds
+from dinolab.train.engine import (
+    Engine,
+    StepContext,
+    Task,
+    convert_sync_batchnorm_in_place,
+    fix_random_seeds,
+)
 from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data, knn_evaluate
 
 __all__ = ["DINOConfig", "DINOTask", "build_backbone_from", "build_student", "train_dino"]
@@ -293,6 +299,11 @@ class DINOTask(Task):
     def modules_to_device(self, device: torch.device) -> None:
         self.pair.to(device)
         self.dino_loss.to(device)
+
+    def convert_sync_batchnorm(self) -> None:
+        # The teacher runs in train mode too (below), so its BatchNorm layers (a ResNet's)
+        # normalise with batch statistics: official DINO syncs student and teacher alike.
+        convert_sync_batchnorm_in_place(self.pair)
 
     def train_mode(self) -> None:
         # Official DINO v1 leaves the teacher in train mode too (its forward has no dropout
