@@ -94,8 +94,11 @@ def get_rng_state() -> dict[str, Any]:
 
     Returns:
         ``{"python": tuple, "numpy": dict, "torch": uint8 tensor, "cuda": list of uint8
-        tensors (empty without CUDA)}``. NumPy's state array is stored as an int64 tensor
-        because ``weights_only`` loading refuses NumPy arrays.
+        tensors}``. NumPy's state array is stored as an int64 tensor because ``weights_only``
+        loading refuses NumPy arrays. ``"cuda"`` holds the generator of this process's current
+        GPU only (under torchrun each process has its own), and is empty when this process has
+        not used CUDA: reading every GPU's state would open a CUDA context on each of them
+        from every process.
     """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -108,15 +111,20 @@ def get_rng_state() -> dict[str, Any]:
             "cached_gaussian": float(cached),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": (
+            [torch.cuda.get_rng_state()]
+            if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else []
+        ),
     }
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore generator states captured by :func:`get_rng_state`.
 
-    CUDA states are restored only when this machine has the same number of devices;
-    otherwise they are skipped (a CPU resume of a GPU run), which changes nothing on CPU.
+    The CUDA state goes to this process's current GPU; it is skipped without CUDA (a CPU
+    resume of a GPU run), which changes nothing on CPU. Checkpoints that stored one state per
+    visible GPU give the current GPU its own when the device count matches.
 
     Raises:
         ValueError: ``state`` lacks one of the ``python``, ``numpy`` or ``torch`` entries.
@@ -141,9 +149,12 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
+    cuda_states = list(state.get("cuda") or [])
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == 1:
+            torch.cuda.set_rng_state(cuda_states[0])
+        elif len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state(cuda_states[torch.cuda.current_device()])
 
 
 def _check_state(state: Mapping[str, Any], path: Path) -> None:

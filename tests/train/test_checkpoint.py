@@ -74,6 +74,35 @@ def test_rng_state_round_trip_through_a_file(tmp_path):
     assert torch.equal(got[3], expected[3])
 
 
+def test_cuda_rng_state_is_this_process_gpu_only(monkeypatch):
+    """Under torchrun every process sees every GPU; it must save and restore its own only.
+
+    No GPU here, so torch.cuda is replaced by a fake with 4 devices, current device 2.
+    """
+    states = {i: torch.full((4,), i, dtype=torch.uint8) for i in range(4)}
+    restored: list[torch.Tensor] = []
+
+    def every_gpu(*args, **kwargs):
+        raise AssertionError("touched every GPU")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[2])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(s))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_gpu)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert get_rng_state()["cuda"] == []  # a process that never used CUDA opens no context
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    state = get_rng_state()
+    assert len(state["cuda"]) == 1 and torch.equal(state["cuda"][0], states[2])
+    set_rng_state(state)
+    set_rng_state({**state, "cuda": [states[i] for i in range(4)]})  # older, one per GPU
+    set_rng_state({**state, "cuda": [states[0], states[1]]})  # another machine: skipped
+    assert [int(s[0]) for s in restored] == [2, 2]
+
+
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         load_checkpoint(tmp_path / "nope.pth")
