@@ -34,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -486,13 +487,35 @@ def _knn_figure(
     fig.savefig(path, dpi=100)
 
 
-def _dino_budget_run(cfg: DINOConfig) -> dict[str, Any]:
-    """Train ``cfg`` from scratch; the baselines, the k-NN curve and the budget's two readings.
+@dataclass
+class BudgetReading:
+    """The last epoch within the CPU budget: its number, CPU-minutes, k-NN % and margin."""
 
-    ``readings[key] = (epochs, CPU-minutes, k-NN %, margin over the better baseline)`` for
-    ``key`` in ``strict`` (the k-NN evaluations of earlier epochs counted as spent budget) and
-    ``training`` (training alone, as the goal words it).
-    """
+    epochs: int  # epochs done (0: not even the first fit)
+    cpu_min: float
+    knn: float
+    margin: float  # over the better baseline, points
+
+
+@dataclass
+class DinoBudgetRun:
+    """One DINO run of the budget experiment, its baselines and its two budget readings."""
+
+    data: Any  # the SSLData it trained and evaluated on
+    epochs: list[dict[str, Any]]  # log_epochs.jsonl
+    random_acc: float
+    pixel_acc: float
+    dino_acc: float  # after the last epoch
+    margin: float  # dino_acc over the better baseline
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process
+    eval_total: float  # CPU seconds of the per-epoch k-NN evaluations
+    strict: BudgetReading  # the k-NN evaluations of earlier epochs counted as spent budget
+    training: BudgetReading  # training alone, as the goal words it
+
+
+def _dino_budget_run(cfg: DINOConfig) -> DinoBudgetRun:
+    """Train ``cfg`` from scratch; the baselines, the k-NN curve and the budget's two readings."""
     _fresh(Path(cfg.output_dir))
     data = build_ssl_data(cfg)
     fix_random_seeds(cfg.seed)
@@ -517,21 +540,21 @@ def _dino_budget_run(cfg: DINOConfig) -> dict[str, Any]:
         train_cpu_after_epoch[e["epoch"]] = train_total
         cpu_after_epoch[e["epoch"]] = train_total + eval_total
         eval_total += e["eval_cpu_time_s"]
-    readings = {}
-    for key, cpu_at in (("strict", cpu_after_epoch), ("training", train_cpu_after_epoch)):
+    def reading(cpu_at: dict[int, float]) -> BudgetReading:
         within = [e for e in epochs if cpu_at.get(e["epoch"], float("inf")) <= BUDGET_S]
-        if within:
-            acc = within[-1]["knn_top1"]
-            readings[key] = (within[-1]["epoch"] + 1, cpu_at[within[-1]["epoch"]] / 60, acc,
+        if not within:
+            return BudgetReading(0, float("nan"), float("nan"), float("nan"))
+        acc = within[-1]["knn_top1"]
+        return BudgetReading(within[-1]["epoch"] + 1, cpu_at[within[-1]["epoch"]] / 60, acc,
                              min(acc - random_acc, acc - pixel_acc))
-        else:
-            readings[key] = (0, float("nan"), float("nan"), float("nan"))
+
     dino_acc = record["knn_top1"]
-    return {
-        "data": data, "epochs": epochs, "random_acc": random_acc, "pixel_acc": pixel_acc,
-        "wall": wall, "cpu": cpu, "eval_total": eval_total, "readings": readings,
-        "dino_acc": dino_acc, "margin": min(dino_acc - random_acc, dino_acc - pixel_acc),
-    }
+    return DinoBudgetRun(
+        data=data, epochs=epochs, random_acc=random_acc, pixel_acc=pixel_acc,
+        dino_acc=dino_acc, margin=min(dino_acc - random_acc, dino_acc - pixel_acc),
+        wall=wall, cpu=cpu, eval_total=eval_total,
+        strict=reading(cpu_after_epoch), training=reading(train_cpu_after_epoch),
+    )
 
 
 def experiment_dino(quick: bool) -> str:
@@ -539,14 +562,13 @@ def experiment_dino(quick: bool) -> str:
         quick, output_dir=str(RUNS / "dino"), epochs=2 if quick else 60, **DINO_SMALL_DATA
     )
     run = _dino_budget_run(cfg)
-    data, epochs, readings = run["data"], run["epochs"], run["readings"]
-    random_acc, pixel_acc, dino_acc, margin = (
-        run["random_acc"], run["pixel_acc"], run["dino_acc"], run["margin"]
-    )
-    wall, cpu, eval_total = run["wall"], run["cpu"], run["eval_total"]
+    data, epochs = run.data, run.epochs
+    random_acc, pixel_acc = run.random_acc, run.pixel_acc
+    dino_acc, margin = run.dino_acc, run.margin
+    wall, cpu, eval_total = run.wall, run.cpu, run.eval_total
     curve = ", ".join(f"{e['knn_top1']:.1f}" for e in epochs)
-    n_budget, strict_min, budget_acc, budget_margin = readings["strict"]
-    n_train, train_min, train_acc, train_margin = readings["training"]
+    n_budget, strict_min, budget_acc, budget_margin = astuple(run.strict)
+    n_train, train_min, train_acc, train_margin = astuple(run.training)
     met_strict = budget_margin >= CLEAR_MARGIN
     met_train = train_margin >= CLEAR_MARGIN
     if met_strict and met_train:
@@ -628,14 +650,12 @@ def experiment_dino_seeds(quick: bool, seeds: list[int]) -> str:
         )
         commands.append(_cli("dino", cfg, DINOConfig()))
         run = _dino_budget_run(cfg)
-        n_s, _, acc_s, margin_s = run["readings"]["strict"]
-        n_t, _, acc_t, margin_t = run["readings"]["training"]
-        margins.append(min(margin_s, margin_t))
+        s_, t_ = run.strict, run.training
+        margins.append(min(s_.margin, t_.margin))
         rows.append(
-            f"| {seed} | {run['pixel_acc']:.1f} | {run['random_acc']:.1f} | "
-            f"{acc_s:.1f} ({n_s} ep., {margin_s:+.1f}) | {acc_t:.1f} ({n_t} ep., "
-            f"{margin_t:+.1f}) | {run['dino_acc']:.1f} ({run['margin']:+.1f}) | "
-            f"{run['cpu'] / 60:.1f} |"
+            f"| {seed} | {run.pixel_acc:.1f} | {run.random_acc:.1f} | "
+            f"{s_.knn:.1f} ({s_.epochs} ep., {s_.margin:+.1f}) | {t_.knn:.1f} ({t_.epochs} ep., "
+            f"{t_.margin:+.1f}) | {run.dino_acc:.1f} ({run.margin:+.1f}) | {run.cpu / 60:.1f} |"
         )
     met = all(m >= CLEAR_MARGIN for m in margins)
     lines = [
