@@ -44,7 +44,7 @@ bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes 
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) benchmarks/run.py
 
-experiments: $(PY)  ## KD report (all labels, few labels), DINO vs baselines (3 data seeds), collapse study (~70 min); writes benchmarks/EXPERIMENTS.md
+experiments: $(PY)  ## KD report (all labels, few labels), DINO vs baselines (3 data seeds), collapse study (~60 min); writes benchmarks/EXPERIMENTS.md
 	$(PY) experiments/run.py
 
 clean:  ## remove caches and build outputs (keeps .venv/)
