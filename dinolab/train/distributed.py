@@ -35,6 +35,7 @@ __all__ = [
     "is_main_process",
     "barrier",
     "all_reduce_mean",
+    "finite_on_every_rank",
     "make_sampler",
     "cleanup",
 ]
@@ -167,6 +168,24 @@ def all_reduce_mean(value: torch.Tensor | float) -> float:
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return float(t)
+
+
+def finite_on_every_rank(*tensors: torch.Tensor | None) -> bool:
+    """True when every tensor is free of NaN and Inf in every process (``None`` is skipped).
+
+    A training step decides with this whether to compute its losses. The decision must be
+    the same in every process: a process that skipped a loss would skip the collectives in
+    it (the DINO center's all-reduce, DDP's gradient all-reduce) while the others wait in
+    them until the timeout. One all-reduce of a flag when distributed; none otherwise.
+    """
+    local_ok = all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+    if not is_dist_avail_and_initialized():
+        return local_ok
+    bad = torch.tensor(0.0 if local_ok else 1.0)
+    if dist.get_backend() == "nccl":
+        bad = bad.cuda()
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return float(bad) == 0.0
 
 
 def make_sampler(

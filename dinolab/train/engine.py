@@ -69,6 +69,7 @@ __all__ = [
     "Task",
     "Engine",
     "NonFiniteLossError",
+    "nonfinite_loss",
     "SeededTransform",
     "get_params_groups",
     "clip_gradients",
@@ -87,6 +88,16 @@ EPOCH_LOG = "log_epochs.jsonl"
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN or Inf; the message names the step."""
+
+
+def nonfinite_loss(reference: torch.Tensor) -> torch.Tensor:
+    """A NaN loss that back-propagates nowhere, on ``reference``'s device.
+
+    A task returns it from ``training_step`` when its outputs are not finite (see
+    :func:`dinolab.train.distributed.finite_on_every_rank`); the engine stops on it, naming
+    the step, before anything is updated.
+    """
+    return torch.full((), float("nan"), device=reference.device, requires_grad=True)
 
 
 # --------------------------------------------------------------------------- configuration

@@ -250,6 +250,24 @@ def test_kd_and_distill_run_on_two_gloo_processes_with_identical_ranks(tmp_path)
     assert all(e["rank_weight_spread"] == 0.0 for e in epochs)
     assert load_checkpoint(distill / "checkpoint.pth")["world_size"] == 2
 
+    # Without the DINO and iBOT terms nothing would give a DINO head a gradient, and DDP fails
+    # on the second step ("Expected to have finished reduction"): the student has no head.
+    no_head = tmp_path / "no_head"
+    flags = [*COMMON, *small, "--epochs", "1", "--batch_size_per_gpu", "4", "--embed_dim", "16"]
+    flags += ["--depth", "2", "--num_heads", "2", "--linear_probe_epochs", "0"]
+    flags += ["--dino_loss_weight", "0", "--ibot_loss_weight", "0"]
+    _torchrun(
+        "distill",
+        [*flags, "--teacher_pretrained_weights", str(teacher / "checkpoint.pth"),
+         "--output_dir", str(no_head)],
+        tmp_path,
+    )
+    steps = [json.loads(x) for x in (no_head / "log_steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and {"cls_loss", "koleo_loss", "spd_loss"} <= set(steps[-1])
+    assert "dino_loss" not in steps[-1] and "ibot_loss" not in steps[-1]
+    student = load_checkpoint(no_head / "checkpoint.pth")["student"]
+    assert not any(k.startswith("head.") for k in student)
+
 
 def _info(device: str, world_size: int) -> du.DistInfo:
     backend = None if world_size == 1 else ("nccl" if device == "cuda" else "gloo")
@@ -303,3 +321,74 @@ def test_sync_batchnorm_conversion_keeps_tensors_keys_and_the_frozen_teacher(tmp
     assert batchnorms(teacher) == (0, 1)  # frozen, in eval mode: its running statistics
     with pytest.raises(TypeError, match="BatchNorm2d is itself a BatchNorm layer"):
         convert_sync_batchnorm_in_place(nn.BatchNorm2d(3))
+
+
+NAN_ON_RANK_1 = '''
+import sys
+
+import torch
+
+from dinolab.data import CropParams
+from dinolab.train import distributed as du
+from dinolab.train.engine import NonFiniteLossError, SeededTransform
+from dinolab.train.recipes.common import build_ssl_data
+from dinolab.train.recipes.dino import DINOConfig, train_dino
+
+
+class NaNOnRank1(SeededTransform):
+    """From the second epoch on, every image that rank 1 reads is NaN; rank 0's are fine."""
+
+    def __getitem__(self, index):
+        crops, label = super().__getitem__(index)
+        if self.epoch >= 1 and du.get_rank() == 1:
+            if isinstance(crops, CropParams):
+                crops = CropParams(torch.full(crops.image.shape, float("nan")), crops.params)
+            else:
+                crops = [torch.full_like(c, float("nan")) for c in crops]
+        return crops, label
+
+
+du.init_distributed("cpu", timeout_s=60)
+rank = du.get_rank()
+mine = torch.tensor([float("nan") if rank == 1 else 1.0])
+print(f"rank {rank} helper: {du.finite_on_every_rank(torch.ones(3), mine)}", flush=True)
+cfg = DINOConfig(
+    output_dir=sys.argv[1], epochs=2, batch_size_per_gpu=4, num_images=16, num_eval_images=8,
+    local_crops_number=2, out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16,
+    embed_dim=32, depth=2, num_heads=2, warmup_epochs=0, knn_k=5, progress=False,
+    plots=False, device="cpu",
+)
+data = build_ssl_data(cfg)
+t = data.train_set
+data.train_set = NaNOnRank1(t.dataset, t.transform, t.seed)
+try:
+    train_dino(cfg, data=data)
+    print(f"rank {rank} finished", flush=True)
+except NonFiniteLossError as e:
+    print(f"rank {rank} stopped: {e}", flush=True)
+finally:
+    du.cleanup()
+'''
+
+
+def test_a_nan_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
+    """Non-finite outputs on rank 1 only: both ranks stop with the step named.
+
+    Before the decision was all-reduced, rank 1 returned before the DINO loss and so skipped
+    the center's all-reduce that rank 0 entered: the collectives no longer matched (a hang
+    until the timeout under NCCL, a size mismatch or hang under gloo).
+    """
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = _run([*cmd, str(script), str(tmp_path / "run")], tmp_path)
+    for rank in (0, 1):
+        # The helper: rank 1's NaN makes both ranks answer False.
+        assert f"rank {rank} helper: False" in done.stdout
+        # 16 images / (4 per process x 2) = 2 steps per epoch: epoch 2 begins at step 2.
+        assert (
+            f"rank {rank} stopped: training stopped: the loss is nan at step 2 "
+            "(epoch 2/2, batch 1/2)" in done.stdout
+        ), done.stdout[-2000:] + done.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pth")  # epoch 1's, intact
+    assert ckpt["epoch"] == 1

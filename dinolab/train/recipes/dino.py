@@ -35,12 +35,14 @@ import torch.nn as nn
 from dinolab.ema import ema_update
 from dinolab.models import BACKBONES
 from dinolab.schedules import cosine_schedule
+from dinolab.train import distributed as du
 from dinolab.train.engine import (
     Engine,
     StepContext,
     Task,
     convert_sync_batchnorm_in_place,
     fix_random_seeds,
+    nonfinite_loss,
 )
 from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data, knn_evaluate
 
@@ -247,11 +249,6 @@ def build_student(cfg: DINOConfig) -> nn.Module:
     return MultiCropWrapper(backbone, head)
 
 
-def nonfinite_loss(reference: torch.Tensor) -> torch.Tensor:
-    """A NaN loss that still back-propagates nowhere: the engine stops on it, naming the step."""
-    return torch.full((), float("nan"), device=reference.device, requires_grad=True)
-
-
 class DINOTask(Task):
     """DINO self-distillation: student and EMA teacher, DINO loss, monitors, k-NN eval.
 
@@ -317,15 +314,18 @@ class DINOTask(Task):
         crops = [c.to(ctx.device, non_blocking=True) for c in crops]
         teacher_output = self.pair.forward_teacher(crops[:2])  # only the 2 global views
         koleo: torch.Tensor | None = None
+        global_features: torch.Tensor | None = None
         if self.koleo is not None:
             student_output, features = ctx.student(crops, return_features=True)
-            # DINOv2: KoLeo on each global crop's batch of backbone features, summed.
-            b = crops[0].shape[0]
-            koleo = sum(self.koleo(f) for f in features[: 2 * b].chunk(2))
+            global_features = features[: 2 * crops[0].shape[0]]
         else:
             student_output = ctx.student(crops)
-        if not (torch.isfinite(student_output).all() and torch.isfinite(teacher_output).all()):
+        # Decided alike in every process, before the loss's collectives (center all-reduce).
+        if not du.finite_on_every_rank(student_output, teacher_output, global_features):
             return nonfinite_loss(student_output), {}
+        if global_features is not None:
+            # DINOv2: KoLeo on each global crop's batch of backbone features, summed.
+            koleo = sum(self.koleo(f) for f in global_features.chunk(2))
         metrics: dict[str, float] = {}
         if self.cfg.monitor_every and ctx.it % self.cfg.monitor_every == 0:
             # Before the loss: the loss moves the center, the monitors must see the targets

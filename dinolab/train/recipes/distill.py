@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 
 from dinolab.train import distributed as du
-from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds
+from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds, nonfinite_loss
 from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_evaluate
-from dinolab.train.recipes.dino import DINOConfig, build_backbone_from, nonfinite_loss
+from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
 
 __all__ = ["DistillConfig", "DistillStudent", "DistillTask", "load_teacher", "train_distill"]
 
@@ -207,12 +207,17 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
 class DistillStudent(nn.Module):
     """Student ViT + DINO head + CLS projection, one module so DDP sees every parameter.
 
+    Without a ``head`` (no DINO or iBOT term: nothing would give its parameters a gradient,
+    which DDP refuses) ``logits`` and ``patch_logits_masked`` are None.
+
     ``forward(crops, masks)`` returns a dict: ``logits`` [V*B, K] (all crops, crop-major),
     ``cls_global`` [2B, D_s], ``cls_proj`` [2B, D_t] (or None), ``patch_global`` [2B, N, D_s]
     and ``patch_logits_masked`` [M, K] (head outputs at the masked positions, or None).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, teacher_dim: int | None) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module | None, teacher_dim: int | None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -225,11 +230,13 @@ class DistillStudent(nn.Module):
         feats = self.backbone.forward_features(globals_, masks=masks)
         cls_global = feats["x_norm_clstoken"]
         patch_global = feats["x_norm_patchtokens"]
-        cls_all = [cls_global]
-        if len(crops) > 2:
-            cls_all.append(self.backbone(torch.cat(list(crops[2:]))))
-        logits = self.head(torch.cat(cls_all))
-        patch_logits = self.head(patch_global[masks]) if masks is not None else None
+        logits = patch_logits = None
+        if self.head is not None:
+            cls_all = [cls_global]
+            if len(crops) > 2:
+                cls_all.append(self.backbone(torch.cat(list(crops[2:]))))
+            logits = self.head(torch.cat(cls_all))
+            patch_logits = self.head(patch_global[masks]) if masks is not None else None
         return {
             "logits": logits,
             "cls_global": cls_global,
@@ -290,13 +297,18 @@ class DistillTask(Task):
                 f"{backbone.patch_size} must equal the teacher's {teacher_backbone.patch_size} "
                 "(or --spd_loss_weight 0)"
             )
-        head = DINOHead(
-            backbone.embed_dim,
-            out_dim,
-            use_bn=cfg.use_bn_in_head,
-            norm_last_layer=cfg.norm_last_layer,
-            hidden_dim=cfg.head_hidden_dim,
-            bottleneck_dim=cfg.head_bottleneck_dim,
+        self.uses_head = cfg.dino_loss_weight > 0 or cfg.ibot_loss_weight > 0
+        head = (
+            DINOHead(
+                backbone.embed_dim,
+                out_dim,
+                use_bn=cfg.use_bn_in_head,
+                norm_last_layer=cfg.norm_last_layer,
+                hidden_dim=cfg.head_hidden_dim,
+                bottleneck_dim=cfg.head_bottleneck_dim,
+            )
+            if self.uses_head
+            else None
         )
         teacher_dim = teacher_backbone.embed_dim if cfg.cls_loss_weight > 0 else None
         self.student = DistillStudent(backbone, head, teacher_dim)
@@ -363,15 +375,19 @@ class DistillTask(Task):
         crops = [c.to(ctx.device, non_blocking=True) for c in crops]
         batch_size = crops[0].shape[0]
         masks = self._masks(2 * batch_size, ctx)
+        t_logits = t_patch_logits = None
         with torch.no_grad():
             t = self.teacher_backbone.forward_features(torch.cat(crops[:2]))
             t_cls, t_patch = t["x_norm_clstoken"], t["x_norm_patchtokens"]
-            t_logits = self.teacher_head(t_cls)
-            t_patch_logits = self.teacher_head(t_patch[masks]) if masks is not None else None
-        out = ctx.student(crops, masks)
-        checked = [out["logits"], out["cls_global"], t_logits]
-        if not all(bool(torch.isfinite(x).all()) for x in checked):
-            return nonfinite_loss(out["logits"]), {}
+            if self.uses_head:
+                t_logits = self.teacher_head(t_cls)
+                t_patch_logits = self.teacher_head(t_patch[masks]) if masks is not None else None
+        # The local crops feed only the DINO term.
+        out = ctx.student(crops if cfg.dino_loss_weight > 0 else crops[:2], masks)
+        checked = [t_cls, t_patch, t_logits, t_patch_logits, *out.values()]
+        # Decided alike in every process, before the losses' collectives (center all-reduces).
+        if not du.finite_on_every_rank(*checked):
+            return nonfinite_loss(out["cls_global"]), {}
 
         terms: dict[str, torch.Tensor] = {}
         if cfg.dino_loss_weight > 0:

@@ -51,7 +51,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dinolab.ema import ema_update
 from dinolab.train import distributed as du
-from dinolab.train.engine import Engine, StepContext, Task, TrainConfig, fix_random_seeds
+from dinolab.train.engine import (
+    Engine,
+    StepContext,
+    Task,
+    TrainConfig,
+    fix_random_seeds,
+    nonfinite_loss,
+)
 from dinolab.train.recipes.common import _help
 
 __all__ = [
@@ -391,6 +398,10 @@ class SupervisedTask(Task):
         if self.augment_shift:
             x = random_shift(x, self.augment_shift)
         logits = ctx.student(x)
+        # Decided alike in every process: a process that raised or skipped the backward
+        # alone would leave the others waiting in DDP's gradient all-reduce.
+        if not du.finite_on_every_rank(x, logits):
+            return nonfinite_loss(logits), {}
         loss = self.loss(logits, x, y)
         labelled = y >= 0  # -1: an image of the unlabelled transfer set (--labelled_fraction)
         if not bool(labelled.any()):
