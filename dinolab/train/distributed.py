@@ -124,14 +124,24 @@ def init_distributed(
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK")
     if rank is None or world_size is None:
-        dev = (
-            torch.device("cuda", 0 if want is None or want.index is None else want.index)
-            if use_cuda
-            else torch.device("cpu")
-        )
+        dev = torch.device("cpu")
+        if use_cuda:
+            # The GPU asked for, else the current one (the caller's choice; GPU 0 by default).
+            # It becomes the current GPU: the CUDA RNG state that checkpoints save and restore
+            # is the current GPU's, and so are the allocations made without a device.
+            index = want.index if want is not None and want.index is not None else None
+            index = torch.cuda.current_device() if index is None else index
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"init_distributed: device 'cuda:{index}' was requested but only "
+                    f"{torch.cuda.device_count()} GPUs are visible"
+                )
+            torch.cuda.set_device(index)
+            dev = torch.device("cuda", index)
         if is_dist_avail_and_initialized():  # a caller already set up the group
             rank, world_size = dist.get_rank(), dist.get_world_size()
-            return DistInfo(rank, world_size, rank, dev, dist.get_backend())
+            local = dev.index if dev.type == "cuda" else rank
+            return DistInfo(rank, world_size, local, dev, dist.get_backend())
         return DistInfo(0, 1, 0, dev, None)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"init_distributed: RANK={rank} is not in [0, WORLD_SIZE={world_size})")

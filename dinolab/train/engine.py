@@ -23,7 +23,10 @@ Reproducibility. Every sample's augmentation is drawn from a generator seeded by
 the number of processes, the number of loader workers or what ran before, so a run resumed
 from its last checkpoint continues exactly as the uninterrupted run would have, and N
 processes with ``batch_size_per_gpu = B / N`` see the same global batches as one process
-with batch ``B``.
+with batch ``B``. The same data make the same weights on the CPU (the tests check it). On a GPU,
+some backward kernels (index-put, bicubic interpolation, replicate padding) add in a varying
+order, so resumed and multi-process runs agree up to float rounding, not bit for bit, unless
+``torch.use_deterministic_algorithms(True)`` is set (slower).
 
 Examples:
     A recipe in a few lines (see :mod:`dinolab.train.recipes` for the real ones)::
@@ -394,9 +397,11 @@ def autocast_context(
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        # Emulated bf16 (V100, T4: torch's default answer counts it) runs slower than fp32.
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
             raise ValueError(
-                "precision 'bf16': this GPU does not support bfloat16; use fp16 or fp32"
+                "precision 'bf16': this GPU has no native bfloat16 (it is emulated, slower "
+                "than fp32); use fp16 or fp32"
             )
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "fp16":
@@ -430,11 +435,17 @@ def get_params_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def clip_gradients(model: nn.Module, clip: float) -> list[float]:
+def clip_gradients(model: nn.Module, clip: float, return_norms: bool = True) -> list[float]:
     """Clip each parameter's gradient to L2 norm ``clip``, separately (official DINO).
 
     ``g <- g * clip / (||g|| + 1e-6)`` where ``||g|| > clip``; gradients below the bound
     are left bit-for-bit unchanged. DINOv2 clips the global norm instead.
+
+    Args:
+        model: its parameters' ``.grad`` are clipped in place.
+        clip: the bound, ``> 0``.
+        return_norms: False returns ``[]``: reading the norms back is one device-to-host copy
+            per parameter, which a GPU training loop that does not log them should not pay.
 
     Returns:
         The gradient norms before clipping, one per parameter with a gradient.
@@ -446,7 +457,7 @@ def clip_gradients(model: nn.Module, clip: float) -> list[float]:
     coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
     # Multiplying by exactly 1.0 leaves the small gradients unchanged, as the official `if`.
     torch._foreach_mul_(grads, coefs)
-    return [float(n) for n in norms]
+    return [float(n) for n in norms] if return_norms else []
 
 
 def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
@@ -575,6 +586,9 @@ class Engine:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             collate_fn=collate_fn,
+            # Not persistent: workers hold copies of the data set, and set_epoch (below) reaches
+            # only the main process's. Workers forked anew each epoch copy the new epoch, so
+            # SeededTransform's augmentations change with it and a resume replays them.
             persistent_workers=False,
         )
         self.niter_per_ep = len(self.loader)
@@ -931,7 +945,7 @@ class Engine:
         else:
             loss.backward()
         if cfg.clip_grad:
-            clip_gradients(student, cfg.clip_grad)
+            clip_gradients(student, cfg.clip_grad, return_norms=False)
         cancel_gradients_last_layer(epoch, student, cfg.freeze_last_layer)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)

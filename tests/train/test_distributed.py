@@ -42,6 +42,26 @@ def test_bad_torchrun_environment_is_refused(monkeypatch):
         du.init_distributed("cpu")
 
 
+def test_a_single_process_on_a_named_gpu_makes_it_the_current_one(monkeypatch):
+    """``--device cuda:3``: GPU 3 becomes current, so checkpoints save its CUDA RNG state.
+
+    torch.cuda is faked (4 GPUs, GPU 0 current); the test fails if GPU 3 is not selected.
+    """
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    current = [0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.__setitem__(0, int(d)))
+    info = du.init_distributed("cuda:3")
+    assert (info.device, current[0], info.distributed) == (torch.device("cuda", 3), 3, False)
+    # Plain "cuda" keeps the current GPU (the caller's choice) instead of jumping to GPU 0.
+    assert du.init_distributed("cuda").device == torch.device("cuda", 3)
+    with pytest.raises(ValueError, match=r"'cuda:4' was requested but only 4 GPUs are visible"):
+        du.init_distributed("cuda:4")
+
+
 FLAGS = [
     "--device",
     "cpu",

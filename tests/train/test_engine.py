@@ -179,6 +179,33 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+class Recording(Toy):
+    """Toy that keeps every batch it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[torch.Tensor] = []
+
+    def training_step(self, batch, ctx: StepContext):
+        self.batches.append(batch[0].clone())
+        return super().training_step(batch, ctx)
+
+
+def test_loader_workers_see_each_epochs_augmentations(tmp_path):
+    """With a worker process, epoch 2 is augmented as epoch 2, not again as epoch 1.
+
+    Workers hold copies of the data set: persistent workers would keep the copy from the
+    first epoch, whose ``set_epoch`` the engine cannot reach, and repeat its augmentations.
+    """
+    data = SeededTransform(_data(), lambda x: x + torch.rand(4), seed=1)
+    task = Recording()
+    Engine(task, data, _cfg(tmp_path, epochs=2, batch_size_per_gpu=24, num_workers=1)).fit()
+    for epoch, batch in enumerate(task.batches):  # one batch of all 24 images per epoch
+        data.set_epoch(epoch)
+        expected = sorted(tuple(data[i][0].tolist()) for i in range(24))
+        assert sorted(tuple(row.tolist()) for row in batch) == expected, f"epoch {epoch + 1}"
+
+
 def test_engine_applies_official_schedules_and_logs_every_step(tmp_path):
     engine = Engine(Toy(), _data(), _cfg(tmp_path))
     record = engine.fit()
@@ -284,6 +311,22 @@ def test_min_lr_above_the_peak_lr_warns(tmp_path):
 def test_bf16_autocast_runs_on_cpu(tmp_path):
     record = Engine(Toy(), _data(), _cfg(tmp_path, epochs=1, precision="bf16")).fit()
     assert math.isfinite(record["train_loss"])
+
+
+def test_bf16_on_a_gpu_that_only_emulates_it_is_refused(monkeypatch):
+    """torch.cuda is faked: a V100/T4 answers True only when emulation counts."""
+    from dinolab.train.engine import autocast_context
+
+    asked = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        autocast_context("bf16", torch.device("cuda"))
+    assert asked == [False]
 
 
 def test_config_from_checkpoint_args_drops_unknown_keys_and_restores_tuples(tmp_path):

@@ -91,3 +91,12 @@ def test_missing_and_foreign_weights_are_refused(run, tmp_path):
         )
     with pytest.raises(ValueError, match="no 'ema' entry"):
         load_backbone(_cfg(run, checkpoint_key="ema"))
+
+
+def test_the_evaluations_refuse_to_run_under_torchrun(monkeypatch, tmp_path):
+    """Not distributed: under torchrun every rank would repeat the whole evaluation."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = EvalConfig(pretrained_weights=str(tmp_path / "none.pth"), device="cpu")
+    for command, run_eval in (("knn", eval_knn), ("linear", eval_linear)):
+        with pytest.raises(ValueError, match=rf"eval {command} runs in one process.*WORLD_SIZE=2"):
+            run_eval(cfg)

@@ -306,7 +306,9 @@ def _features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from dinolab.eval import extract_features
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda"
+    )
     if model is None:  # raw pixels
         return extract_features(nn.Flatten().to(device), loader, device=device, progress=False)
     return extract_features(model, loader, device=device, progress=False)
@@ -344,5 +346,8 @@ def knn_evaluate(
     train_x, train_y = _features(backbone, knn_train, device, batch_size)
     test_x, test_y = _features(backbone, knn_test, device, batch_size)
     k = max(1, min(k, train_x.shape[0]))
+    # The features come back on the CPU; the votes are computed where the queries are, so on
+    # a GPU the [test, train] similarity products run there.
+    test_x = test_x.to(device)
     acc = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=k, T=temperature)
     return 100.0 * acc if math.isfinite(acc) else float("nan")

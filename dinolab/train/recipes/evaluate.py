@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -215,21 +216,33 @@ def _write(cfg: EvalConfig, name: str, result: dict[str, Any]) -> None:
         (out / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _refuse_several_processes(command: str) -> None:
+    """The evaluations run in one process: under torchrun every rank would repeat all of it."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise ValueError(
+            f"dinolab eval {command} runs in one process, but WORLD_SIZE={world} (torchrun): "
+            f"run `python -m dinolab eval {command} ...` without torchrun"
+        )
+
+
 def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
     """Weighted k-NN top-1 accuracy (%) for every ``k`` in ``nb_knn``."""
     from dinolab.eval import extract_features, knn_accuracy
 
+    _refuse_several_processes("knn")
     fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
     backbone, image_size = load_backbone(cfg)
     backbone.to(device)
     data = _data(cfg, image_size, getattr(backbone, "patch_size", 1))
     loader = {
-        name: DataLoader(ds, batch_size=cfg.batch_size_per_gpu)
+        name: DataLoader(ds, batch_size=cfg.batch_size_per_gpu, pin_memory=device.type == "cuda")
         for name, ds in (("train", data.knn_train), ("test", data.knn_test))
     }
     xtr, ytr = extract_features(backbone, loader["train"], device=device, progress=cfg.progress)
     xte, yte = extract_features(backbone, loader["test"], device=device, progress=cfg.progress)
+    xte = xte.to(device)  # the votes are computed on the queries' device (a GPU if used)
     accs = {
         str(k): 100.0
         * knn_accuracy(
@@ -263,6 +276,7 @@ def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
     """Linear-probe top-1 accuracy (%) on frozen features."""
     from dinolab.eval import extract_features, train_linear_probe
 
+    _refuse_several_processes("linear")
     fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
     backbone, image_size = load_backbone(cfg)
