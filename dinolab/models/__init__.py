@@ -18,7 +18,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from dinolab.models.checkpoints import load_pretrained, read_checkpoint
+from dinolab.models.checkpoints import (
+    infer_dino_head_options,
+    infer_vit_options,
+    load_pretrained,
+    read_checkpoint,
+)
 from dinolab.models.heads import DINOHead, WeightNormLinear
 from dinolab.models.kd_nets import StudentNet, TeacherNet, count_parameters
 from dinolab.models.resnet import RESNET_ARCHS, ResNetBackbone
@@ -51,6 +56,8 @@ __all__ = [
     "count_parameters",
     "interpolate_pos_embed",
     "load_pretrained",
+    "infer_vit_options",
+    "infer_dino_head_options",
     "read_checkpoint",
     "vit_base",
     "vit_course",

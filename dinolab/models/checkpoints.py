@@ -37,8 +37,9 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,7 +47,13 @@ import torch.nn as nn
 from dinolab.ema import unwrap_model
 from dinolab.models.vit import interpolate_pos_embed
 
-__all__ = ["load_pretrained", "read_checkpoint", "HEAD_PREFIXES"]
+__all__ = [
+    "load_pretrained",
+    "read_checkpoint",
+    "infer_vit_options",
+    "infer_dino_head_options",
+    "HEAD_PREFIXES",
+]
 
 # Projection heads saved next to the backbone in official training checkpoints.
 HEAD_PREFIXES = ("head.", "dino_head.", "ibot_head.")
@@ -140,6 +147,111 @@ def _candidates(key: str) -> Iterator[str]:
                     yield c[: -len(classic)] + torch_name
 
 
+#: ViT widths of the official DINO / DINOv2 sizes.
+_VIT_WIDTHS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large"}
+
+
+def _backbone_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A file's backbone tensors under backbone names (wrappers, ``backbone.``, chunks gone)."""
+    out = {}
+    for key, value in state.items():
+        for prefix in _ALWAYS_STRIP:
+            key = _strip(key, prefix)
+        if key.startswith(HEAD_PREFIXES):
+            continue
+        out[_CHUNKED_BLOCK.sub(r"\1blocks.\2.", _strip(key, "backbone."))] = value
+    return out
+
+
+def infer_vit_options(
+    path: str | os.PathLike[str], checkpoint_key: str | None = "teacher"
+) -> dict[str, Any]:
+    """Read from a file's tensors what a dinolab ViT needs to take its weights.
+
+    DINOv2's files differ from DINO v1's in ways a state dict shows: ``patch_embed.proj.weight``
+    [D, 3, p, p] gives the width and the patch size (14), ``blocks.*.ls1.gamma`` LayerScale,
+    ``register_tokens`` [1, R, D] the ``_reg`` models' registers.
+
+    Returns:
+        ``{}`` when the file has no ViT patch embedding (a ResNet); otherwise ``patch_size``,
+        ``embed_dim``, ``arch`` (when the width is one of the official sizes: 192 tiny, 384
+        small, 768 base, 1024 large), and, when present, ``init_values`` (the value is a
+        placeholder: loading overwrites the gammas) and ``num_register_tokens``: keyword
+        arguments for :func:`dinolab.models.build_backbone` (without ``embed_dim``).
+
+    Raises:
+        ValueError: the file is unreadable, or its ViT uses SwiGLU feed-forward layers
+            (DINOv2 ViT-g: ``mlp.w12`` / ``mlp.w3``), which dinolab's ViT does not implement.
+    """
+    path_str = str(path)
+    state = _backbone_tensors(_select_state_dict(read_checkpoint(path), checkpoint_key, path_str))
+    proj = state.get("patch_embed.proj.weight")
+    if proj is None or proj.ndim != 4:
+        return {}
+    if any(".mlp.w12." in k for k in state):
+        raise ValueError(
+            f"{path_str!r} is a ViT with SwiGLU feed-forward layers (mlp.w12 / mlp.w3, DINOv2's "
+            "ViT-g), which dinolab's ViT does not implement; use a ViT-S/B/L file"
+        )
+    opts: dict[str, Any] = {"patch_size": int(proj.shape[-1]), "embed_dim": int(proj.shape[0])}
+    if int(proj.shape[0]) in _VIT_WIDTHS:
+        opts["arch"] = _VIT_WIDTHS[int(proj.shape[0])]
+    if any(k.endswith(".ls1.gamma") for k in state):
+        opts["init_values"] = 1.0
+    registers = state.get("register_tokens")
+    if registers is not None and registers.ndim == 3:
+        opts["num_register_tokens"] = int(registers.shape[1])
+    return opts
+
+
+def infer_dino_head_options(
+    path: str | os.PathLike[str], checkpoint_key: str | None = "teacher"
+) -> tuple[str, dict[str, Any]] | None:
+    """The DINO head that a training checkpoint saved beside its backbone, if any.
+
+    Official DINO v1 saves it under ``head.``, DINOv2 under ``dino_head.`` (its ``ibot_head.``
+    is not read); released backbone-only files have none.
+
+    Returns:
+        None without a head; else ``(prefix, kwargs)``: the prefix (``"head."`` or
+        ``"dino_head."``) and :class:`dinolab.models.DINOHead` arguments read from the
+        shapes: ``out_dim`` and ``bottleneck_dim`` from ``last_layer.weight_v`` [K, bottleneck],
+        ``nlayers`` from the MLP's Linear weights, ``hidden_dim`` from the first of them,
+        ``use_bn`` from BatchNorm statistics.
+    """
+    state = _select_state_dict(read_checkpoint(path), checkpoint_key, str(path))
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in _ALWAYS_STRIP:
+            key = _strip(key, prefix)
+        plain[key] = value
+    for prefix in ("head.", "dino_head."):
+        last = plain.get(f"{prefix}last_layer.weight_v")
+        if last is None:
+            last = plain.get(f"{prefix}last_layer.parametrizations.weight.original1")
+        if last is None or last.ndim != 2:
+            continue
+        linear = re.compile(rf"^{re.escape(prefix)}mlp\.(\d+)\.weight$")
+        weights = sorted(
+            (int(m.group(1)), v)
+            for k, v in plain.items()
+            if (m := linear.match(k)) is not None and v.ndim == 2
+        )
+        if not weights:
+            continue
+        opts: dict[str, Any] = {
+            "out_dim": int(last.shape[0]),
+            "bottleneck_dim": int(last.shape[1]),
+            "nlayers": len(weights),
+            "use_bn": any(k.startswith(f"{prefix}mlp.") and k.endswith(".running_mean")
+                          for k in plain),
+        }
+        if len(weights) > 1:
+            opts["hidden_dim"] = int(weights[0][1].shape[0])
+        return prefix, opts
+    return None
+
+
 def _fit_pos_embed(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """Resize a file ``pos_embed`` [1, 1+M*M, D] to the model's [1, 1+G*G, D], else None."""
     if value.ndim != 3 or target.ndim != 3 or value.shape[0] != 1:
@@ -158,6 +270,7 @@ def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike[str],
     checkpoint_key: str | None = "teacher",
+    allow_missing: Sequence[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load official DINO / DINOv2 (or dinolab) weights into ``model``, non-strictly.
 
@@ -168,6 +281,12 @@ def load_pretrained(
         checkpoint_key: entry of a training checkpoint to use ("teacher", as official DINO's
             evaluation scripts; "student" for the student). Ignored when the file has no such
             entry: then a "model" / "state_dict" entry or the whole file is used.
+        allow_missing: None (default) loads whatever matches and returns the rest as
+            missing. A list of keys or last key parts (e.g. ``["mask_token",
+            "num_batches_tracked"]``) for a backbone that is meant to be
+            complete) makes every other model key that the file does not provide an error,
+            raised before the model is touched: otherwise a file of another depth or layout
+            would leave part of the network at its random initialisation.
 
     Returns:
         ``(missing_keys, unexpected_keys)``: model keys the file did not provide (e.g.
@@ -181,7 +300,8 @@ def load_pretrained(
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is unreadable or truncated; no key of the file matches the model
             (a foreign checkpoint); a matched key has another shape (other than a resizable
-            ``pos_embed``); two file keys map to the same model key.
+            ``pos_embed``); two file keys map to the same model key; model keys outside
+            ``allow_missing`` have no tensor in the file (when ``allow_missing`` is given).
     """
     path_str = str(path)
     state = _select_state_dict(read_checkpoint(path), checkpoint_key, path_str)
@@ -225,6 +345,26 @@ def load_pretrained(
             f"load_pretrained: no key of {path_str!r} matches the model (foreign checkpoint?). "
             f"File keys: {list(state)[:5]}; model keys: {list(model_state)[:5]}"
         )
+    if allow_missing is not None:
+        absent = [
+            k
+            for k in model_state
+            if k not in matched and k not in allow_missing
+            and k.rsplit(".", 1)[-1] not in allow_missing
+        ]
+        if absent:
+            hint = (
+                " The file's ViT has SwiGLU feed-forward layers (DINOv2 ViT-g), which dinolab "
+                "does not implement."
+                if any(".mlp.w12." in k for k in unexpected)
+                else " Check arch (depth), LayerScale (init_values) and registers "
+                "(num_register_tokens), or the checkpoint key."
+            )
+            raise ValueError(
+                f"load_pretrained: {path_str!r} has no tensor for {len(absent)} of the "
+                f"model's {len(model_state)} keys, e.g. {absent[:5]}: they would stay at their "
+                f"random initialisation.{hint}"
+            )
     result = target.load_state_dict(matched, strict=False)
     stray = [k for k in unexpected
              if not _strip(_strip(k, "module."), "backbone.").startswith(_EXPECTED_LEFTOVERS)]

@@ -207,3 +207,65 @@ def test_files_without_tensors_are_refused(tmp_path):
     torch.save({"epoch": 3, "teacher": {"lr": 0.1}}, tmp_path / "empty.pth")
     with pytest.raises(ValueError, match="found no tensors"):
         load_pretrained(vit(), tmp_path / "empty.pth")
+
+
+def test_infer_vit_options_reads_patch_layerscale_and_registers(tmp_path):
+    from dinolab.models import infer_vit_options, vit_small
+
+    # A DINOv2 ViT-S/14 with 4 registers, saved at 518 px as the hub files are.
+    source = vit_small(patch_size=14, img_size=518, init_values=1e-5, num_register_tokens=4)
+    torch.save(source.state_dict(), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    found = infer_vit_options(tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    assert found == {"patch_size": 14, "embed_dim": 384, "arch": "vit_small",
+                     "init_values": 1.0, "num_register_tokens": 4}
+    # DINO v1 (no LayerScale, no registers), in a training checkpoint under teacher.backbone.
+    torch.save(dino_v1_training_checkpoint(), tmp_path / "v1.pth")
+    assert infer_vit_options(tmp_path / "v1.pth") == {"patch_size": 4, "embed_dim": D}
+    torch.save(ResNetBackbone("resnet18").state_dict(), tmp_path / "r18.pth")
+    assert infer_vit_options(tmp_path / "r18.pth") == {}
+    swiglu = {k: v for k, v in vit().state_dict().items() if ".mlp." not in k}
+    swiglu |= {f"blocks.{i}.mlp.w12.weight": torch.zeros(2 * D, D) for i in (0, 1)}
+    torch.save(swiglu, tmp_path / "vitg.pth")
+    with pytest.raises(ValueError, match="SwiGLU"):
+        infer_vit_options(tmp_path / "vitg.pth")
+
+
+def test_allow_missing_refuses_a_partial_backbone_before_touching_it(tmp_path):
+    """Without it, a file of 1 block would leave the model's second block random."""
+    state = {k: v for k, v in vit().state_dict().items() if not k.startswith("blocks.1.")}
+    torch.save(state, tmp_path / "shallow.pth")
+    model = vit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    missing, _ = load_pretrained(model, tmp_path / "shallow.pth")  # the default: lenient
+    assert any(k.startswith("blocks.1.") for k in missing)
+    model = vit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"no tensor for \d+ of the model's \d+ keys.*blocks\.1"):
+        load_pretrained(model, tmp_path / "shallow.pth", allow_missing=["mask_token"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # mask_token (not in DINO v1 files) is allowed; a complete file loads.
+    complete = {k: v for k, v in vit().state_dict().items() if k != "mask_token"}
+    torch.save(complete, tmp_path / "v1_bare.pth")
+    assert load_pretrained(vit(), tmp_path / "v1_bare.pth", allow_missing=["mask_token"]) == (
+        ["mask_token"], [])
+
+
+def test_infer_dino_head_options_from_v1_and_v2_checkpoints(tmp_path):
+    from dinolab.models import infer_dino_head_options
+
+    torch.save(dino_v1_training_checkpoint(), tmp_path / "v1.pth")
+    expected = {"out_dim": 10, "bottleneck_dim": 4, "nlayers": 3, "use_bn": False,
+                "hidden_dim": 8}
+    assert infer_dino_head_options(tmp_path / "v1.pth") == ("head.", expected)
+    assert infer_dino_head_options(tmp_path / "v1.pth", "student") == ("head.", expected)
+    bn = DINOHead(D, 12, use_bn=True, nlayers=2, hidden_dim=6, bottleneck_dim=5)
+    v2 = {"backbone." + k: v for k, v in vit().state_dict().items()}
+    v2 |= {"dino_head." + k: v for k, v in bn.state_dict().items()} | head_state("ibot_head.")
+    torch.save({"teacher": v2}, tmp_path / "v2.pth")
+    assert infer_dino_head_options(tmp_path / "v2.pth") == (
+        "dino_head.",
+        {"out_dim": 12, "bottleneck_dim": 5, "nlayers": 2, "use_bn": True, "hidden_dim": 6},
+    )
+    torch.save(vit().state_dict(), tmp_path / "bare.pth")
+    assert infer_dino_head_options(tmp_path / "bare.pth") is None

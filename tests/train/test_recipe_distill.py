@@ -130,3 +130,40 @@ def test_distill_refuses_missing_teachers_and_impossible_settings(tmp_path, dino
         train_distill(
             DistillConfig(teacher_pretrained_weights=str(dino_checkpoint), **zero, **base)
         )
+
+
+def test_distill_from_an_official_training_checkpoint_uses_its_head(tmp_path):
+    """DINO v1's main_dino.py layout: the teacher's backbone AND head come from the file.
+
+    Nothing but the file says the teacher is a ViT-Ti/16 (width 192) with a 10-prototype head.
+    """
+    import warnings
+
+    from dinolab.models import DINOHead, MultiCropWrapper, vit_tiny
+
+    teacher = MultiCropWrapper(vit_tiny(patch_size=16), DINOHead(192, 10, hidden_dim=8,
+                                                                   bottleneck_dim=4))
+    state = {k: v for k, v in teacher.state_dict().items() if k != "backbone.mask_token"}
+    torch.save({"teacher": state, "epoch": 100}, tmp_path / "full_checkpoint.pth")
+    cfg = DistillConfig(
+        output_dir=str(tmp_path / "run"),
+        epochs=1,
+        warmup_epochs=0,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        patch_size=16,
+        global_crops_size=32,
+        local_crops_size=16,
+        teacher_pretrained_weights=str(tmp_path / "full_checkpoint.pth"),
+        linear_probe_epochs=0,
+        **SMALL,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fixed random projection" warning
+        record = train_distill(cfg)
+    assert math.isfinite(record["train_loss"])
+    kept = load_checkpoint(tmp_path / "run" / "checkpoint.pth")["teacher"]
+    for key in ("head.mlp.0.weight", "head.last_layer.weight_v", "backbone.blocks.11.mlp.fc2.bias"):
+        assert torch.equal(kept[key], state[key]), key
+    assert kept["head.last_layer.weight_v"].shape == (10, 4)

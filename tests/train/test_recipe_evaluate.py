@@ -100,3 +100,36 @@ def test_the_evaluations_refuse_to_run_under_torchrun(monkeypatch, tmp_path):
     for command, run_eval in (("knn", eval_knn), ("linear", eval_linear)):
         with pytest.raises(ValueError, match=rf"eval {command} runs in one process.*WORLD_SIZE=2"):
             run_eval(cfg)
+
+
+def test_an_official_dinov2_file_is_built_from_its_own_tensors(tmp_path):
+    """No --arch / --patch_size: width 384, patch 14, LayerScale and 4 registers from the file."""
+    from dinolab.models import vit_small
+
+    source = vit_small(patch_size=14, img_size=518, init_values=1e-5, num_register_tokens=4)
+    with torch.no_grad():
+        source.blocks[3].ls2.gamma.normal_()
+        source.register_tokens.normal_()
+    torch.save(source.state_dict(), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    backbone, image_size = load_backbone(
+        EvalConfig(pretrained_weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
+    )
+    assert image_size == 28  # the bundled 32-px shapes, in whole 14-px patches
+    assert backbone.patch_size == 14
+    assert torch.equal(backbone.blocks[3].ls2.gamma, source.blocks[3].ls2.gamma)
+    assert torch.equal(backbone.register_tokens, source.register_tokens)
+    # Outside data: DINO's 224-px evaluation crop.
+    cfg = EvalConfig(pretrained_weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"),
+                     dataset="cifar10")
+    assert load_backbone(cfg)[1] == 224
+    # Half the blocks missing: refused, instead of evaluating six random blocks.
+    half = {k: v for k, v in source.state_dict().items()
+            if not any(k.startswith(f"blocks.{i}.") for i in range(6, 12))}
+    torch.save(half, tmp_path / "half.pth")
+    with pytest.raises(ValueError, match=r"no tensor for \d+ of the model's .* random"):
+        load_backbone(EvalConfig(pretrained_weights=str(tmp_path / "half.pth")))
+
+
+def test_overriding_a_dinolab_checkpoints_architecture_is_a_clear_error(run):
+    with pytest.raises(ValueError, match="drop --arch / --patch_size"):
+        load_backbone(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), patch_size=4))

@@ -3,10 +3,13 @@
 The teacher is a trained ViT that never changes (no EMA). By default it is the teacher of a
 ``dino`` run of this course (``runs/dino/checkpoint.pth``: backbone AND head, settings read
 from the checkpoint); ``--teacher_pretrained_weights`` may instead name an official DINO /
-DINOv2 file (read by :func:`dinolab.models.load_pretrained`; give ``--teacher_arch`` and
-``--teacher_patch_size``). Official backbone-only files carry no head: the teacher's head is
-then a fixed random projection, which the DINO and iBOT terms distil as it is (a warning
-says so); the CLS-token, SPD and KoLeo terms do not depend on it.
+DINOv2 file (read by :func:`dinolab.models.load_pretrained`; its width, patch size, LayerScale
+and registers are read from its tensors, ``--teacher_arch`` and ``--teacher_patch_size``
+override them). An official training checkpoint (``*_full_checkpoint.pth``, DINOv2's
+``teacher_checkpoint.pth``) brings its DINO head along, and the teacher uses it. Backbone-only
+releases carry no head: the teacher's head is then a fixed random projection, which the DINO
+and iBOT terms distil as it is (a warning says so); the CLS-token, SPD and KoLeo terms do not
+depend on it.
 
 The student (a narrower ViT by default) is trained on a weighted sum:
 
@@ -77,8 +80,8 @@ class DistillConfig(DINOConfig):
         default="runs/dino/checkpoint.pth",
         metadata=_help(
             "Frozen teacher: a checkpoint of `dinolab train dino` (default: that recipe's default "
-            "output) or an official DINO / DINOv2 .pth file (then set --teacher_arch and "
-            "--teacher_patch_size)."
+            "output) or an official DINO / DINOv2 .pth file (its architecture is read from "
+            "its tensors)."
         ),
     )
     teacher_checkpoint_key: str = field(
@@ -88,17 +91,18 @@ class DistillConfig(DINOConfig):
             "'teacher')."
         ),
     )
-    teacher_arch: str = field(
-        default="vit_small",
+    teacher_arch: str | None = field(
+        default=None,
         metadata=_help(
-            "Teacher architecture for an official checkpoint (ignored for dinolab checkpoints, "
-            "which record it)."
+            "Teacher architecture for an official checkpoint; default: the ViT size its width "
+            "says (384: vit_small). Ignored for dinolab checkpoints, which record it."
         ),
     )
-    teacher_patch_size: int = field(
-        default=16,
+    teacher_patch_size: int | None = field(
+        default=None,
         metadata=_help(
-            "Teacher patch size for an official checkpoint (ignored for dinolab checkpoints)."
+            "Teacher patch size for an official checkpoint; default: read from its patch "
+            "embedding (16 for DINO ViT-S/16, 14 for DINOv2). Ignored for dinolab checkpoints."
         ),
     )
     dino_loss_weight: float = field(
@@ -149,7 +153,13 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
         FileNotFoundError: no file at ``teacher_pretrained_weights``.
         ValueError: the file is neither a dinolab checkpoint nor loadable into the teacher.
     """
-    from dinolab.models import DINOHead, build_backbone, load_pretrained
+    from dinolab.models import (
+        DINOHead,
+        build_backbone,
+        infer_dino_head_options,
+        infer_vit_options,
+        load_pretrained,
+    )
     from dinolab.train.checkpoint import load_checkpoint
 
     path = Path(cfg.teacher_pretrained_weights)
@@ -181,22 +191,43 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
         teacher.load_state_dict(ckpt[cfg.teacher_checkpoint_key])
         backbone, head, out_dim = teacher.backbone, teacher.head, tcfg.out_dim
     else:
+        key = cfg.teacher_checkpoint_key
+        # The file's tensors fill in what the flags leave open: width, patch size (14 for
+        # DINOv2), LayerScale, registers; and the DINO head, if the file saved one.
+        found = infer_vit_options(path, key)
+        extra = {k: found[k] for k in ("init_values", "num_register_tokens") if k in found}
         backbone = build_backbone(
-            cfg.teacher_arch, patch_size=cfg.teacher_patch_size, img_size=cfg.global_crops_size
+            cfg.teacher_arch or found.get("arch") or "vit_small",
+            patch_size=cfg.teacher_patch_size or found.get("patch_size", 16),
+            img_size=cfg.global_crops_size,
+            **extra,
         )
-        load_pretrained(backbone, path, checkpoint_key=cfg.teacher_checkpoint_key)
-        out_dim = cfg.out_dim
-        head = DINOHead(
-            backbone.embed_dim,
-            out_dim,
-            hidden_dim=cfg.head_hidden_dim,
-            bottleneck_dim=cfg.head_bottleneck_dim,
-        )
-        warnings.warn(
-            f"{str(path)!r} has no dinolab head: the teacher's DINO head is a fixed random "
-            "projection, so the DINO and iBOT terms distil that projection",
-            stacklevel=2,
-        )
+        complete = ["mask_token", "num_batches_tracked"]
+        saved_head = infer_dino_head_options(path, key)
+        if saved_head is not None:
+            prefix, head_kw = saved_head
+            head = DINOHead(backbone.embed_dim, **head_kw)
+            out_dim = head_kw["out_dim"]
+            holder = nn.Module()  # backbone.* and head.* / dino_head.*, as the file names them
+            holder.add_module("backbone", backbone)
+            holder.add_module(prefix.rstrip("."), head)
+            load_pretrained(holder, path, checkpoint_key=key, allow_missing=complete)
+        else:
+            load_pretrained(backbone, path, checkpoint_key=key, allow_missing=complete)
+            out_dim = cfg.out_dim
+            head = DINOHead(
+                backbone.embed_dim,
+                out_dim,
+                hidden_dim=cfg.head_hidden_dim,
+                bottleneck_dim=cfg.head_bottleneck_dim,
+            )
+            warnings.warn(
+                f"{str(path)!r} has no DINO head (a backbone-only release): the teacher's head "
+                "is a fixed random projection, so the DINO and iBOT terms distil that "
+                "projection; an official training checkpoint (*_full_checkpoint.pth) has its "
+                "head",
+                stacklevel=2,
+            )
     for module in (backbone, head):
         for p in module.parameters():
             p.requires_grad_(False)

@@ -52,21 +52,24 @@ class EvalConfig:
     arch: str | None = field(
         default=None,
         metadata=_help(
-            "Backbone architecture; default: read from a dinolab checkpoint, vit_small for an "
-            "official file."
+            "Backbone architecture; default: read from a dinolab checkpoint; for an official "
+            "file, the ViT size its width says (384: vit_small...), resnet50 if it has no patch "
+            "embedding."
         ),
     )
     patch_size: int | None = field(
         default=None,
         metadata=_help(
-            "ViT patch size; default: from a dinolab checkpoint, 16 for an official file."
+            "ViT patch size; default: from a dinolab checkpoint, or from an official file's "
+            "patch embedding (16 for DINO, 14 for DINOv2)."
         ),
     )
     image_size: int | None = field(
         default=None,
         metadata=_help(
             "Side of the evaluation images in pixels; default: the checkpoint's global crop "
-            "size, 32 for an official file on the bundled shapes."
+            "size; for an official file 224, or 32 (28 for 14-px patches) on the bundled "
+            "shapes and digits."
         ),
     )
     dataset: str = field(
@@ -137,9 +140,17 @@ class EvalConfig:
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
 
 
+def _default_image_size(cfg: EvalConfig, patch: int) -> int:
+    """Official files: 224 px (DINO's evaluation crop) on outside data; on the bundled 32-px
+    data sets their size, rounded down to whole patches (28 for DINOv2's 14-px patches)."""
+    if cfg.dataset in ("shapes", "digits") and not cfg.data_path:
+        return max(patch, 32 // patch * patch)
+    return 224
+
+
 def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
     """The backbone to evaluate and the image size to evaluate it at."""
-    from dinolab.models import build_backbone, load_pretrained
+    from dinolab.models import build_backbone, infer_vit_options, load_pretrained
     from dinolab.train.checkpoint import load_checkpoint
 
     path = Path(cfg.pretrained_weights)
@@ -179,17 +190,34 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
         state = {
             k[len(prefix) :]: v for k, v in ckpt[cfg.checkpoint_key].items() if k.startswith(prefix)
         }
-        backbone.load_state_dict(state)
+        try:
+            backbone.load_state_dict(state)
+        except RuntimeError as err:  # --arch / --patch_size overriding what the run recorded
+            raise ValueError(
+                f"{str(path)!r}: its {cfg.checkpoint_key} does not fit a {tcfg.arch} with patch "
+                f"size {tcfg.patch_size} (drop --arch / --patch_size: a dinolab checkpoint "
+                f"records them): {str(err).splitlines()[0]}"
+            ) from None
     else:
-        image_size = cfg.image_size or 32
-        backbone = (
-            build_backbone(
-                cfg.arch or "vit_small", patch_size=cfg.patch_size or 16, img_size=image_size
-            )
-            if (cfg.arch or "vit_small").startswith("vit")
-            else build_backbone(cfg.arch or "resnet18")
+        # What the file's tensors say (width, patch size, DINOv2's LayerScale and registers)
+        # fills in what the flags leave open.
+        found = infer_vit_options(path, cfg.checkpoint_key)
+        arch = cfg.arch or found.get("arch") or ("vit_small" if found else "resnet50")
+        if arch.startswith("vit"):
+            patch = cfg.patch_size or found.get("patch_size", 16)
+            image_size = cfg.image_size or _default_image_size(cfg, patch)
+            extra = {k: found[k] for k in ("init_values", "num_register_tokens") if k in found}
+            backbone = build_backbone(arch, patch_size=patch, img_size=image_size, **extra)
+        else:
+            image_size = cfg.image_size or _default_image_size(cfg, 1)
+            backbone = build_backbone(arch)
+        # Complete or refused: nothing of the backbone may stay random.
+        load_pretrained(
+            backbone,
+            path,
+            checkpoint_key=cfg.checkpoint_key,
+            allow_missing=["mask_token", "num_batches_tracked"],
         )
-        load_pretrained(backbone, path, checkpoint_key=cfg.checkpoint_key)
     backbone.eval()
     return backbone, image_size
 
