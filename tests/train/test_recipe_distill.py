@@ -90,25 +90,33 @@ def test_distill_from_a_dino_checkpoint_trains_all_five_losses(tmp_path, dino_ch
     assert json.loads((tmp_path / "linear_probe.json").read_text())["student_parameters"] > 0
 
 
+def _from_file(path, **kw) -> DistillConfig:
+    """One epoch, no linear probe, a 1-block student of width 16, teacher from ``path``."""
+    return DistillConfig(
+        output_dir=str(path.parent / "run"),
+        epochs=1,
+        warmup_epochs=0,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        teacher_pretrained_weights=str(path),
+        linear_probe_epochs=0,
+        **SMALL,
+        **kw,
+    )
+
+
 def test_distill_from_an_official_backbone_file(tmp_path):
     from dinolab.models import vit_course
 
     official = vit_course(patch_size=8, img_size=32)
     state = {k: v for k, v in official.state_dict().items() if k != "mask_token"}  # DINO v1
     torch.save(state, tmp_path / "dino_vit_pretrain.pth")
-    cfg = DistillConfig(
-        output_dir=str(tmp_path / "run"),
-        epochs=1,
-        warmup_epochs=0,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
+    cfg = _from_file(
+        tmp_path / "dino_vit_pretrain.pth",
         out_dim=32,
-        teacher_pretrained_weights=str(tmp_path / "dino_vit_pretrain.pth"),
         teacher_arch="vit_course",
         teacher_patch_size=8,
-        linear_probe_epochs=0,
-        **SMALL,
     )
     with pytest.warns(UserWarning, match="fixed random projection"):
         record = train_distill(cfg)
@@ -145,19 +153,8 @@ def test_distill_from_an_official_training_checkpoint_uses_its_head(tmp_path):
                                                                    bottleneck_dim=4))
     state = {k: v for k, v in teacher.state_dict().items() if k != "backbone.mask_token"}
     torch.save({"teacher": state, "epoch": 100}, tmp_path / "full_checkpoint.pth")
-    cfg = DistillConfig(
-        output_dir=str(tmp_path / "run"),
-        epochs=1,
-        warmup_epochs=0,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        patch_size=16,
-        global_crops_size=32,
-        local_crops_size=16,
-        teacher_pretrained_weights=str(tmp_path / "full_checkpoint.pth"),
-        linear_probe_epochs=0,
-        **SMALL,
+    cfg = _from_file(
+        tmp_path / "full_checkpoint.pth", patch_size=16, global_crops_size=32, local_crops_size=16
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "fixed random projection" warning
