@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
     "Digits",
+    "ImageFolder",
     "STL10",
     "build_dataset",
     "default_data_root",
@@ -314,6 +315,94 @@ def _image_folder_dir(root: Path, train: bool) -> Path:
     return root
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_image_rgb(path: str) -> Any:
+    """Open an image file as an 8-bit RGB PIL image, or raise a ValueError naming the file.
+
+    PIL's own ``convert("RGB")`` clips 16-bit grey values (microscopy, medical PNGs) at 255,
+    which turns nearly every pixel white; they are scaled to 8 bits first (``v // 257`` for
+    values above 255).
+    """
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except OSError as err:  # truncated, not an image (UnidentifiedImageError), unreadable
+        raise ValueError(
+            f"imagefolder: cannot read {path!r} as an image ({type(err).__name__}: {err}); "
+            "remove or replace that file"
+        ) from None
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and values.max() > 255:
+            values = values // 257
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def _is_visible_image(path: str) -> bool:
+    """An image extension, and not a hidden file (macOS ``._x.jpg`` AppleDouble files)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return not Path(path).name.startswith(".") and path.lower().endswith(IMG_EXTENSIONS)
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder (``root/<class>/<image>``) with the checks own data need.
+
+    * Hidden folders and files (``.ipynb_checkpoints/``, ``._x.jpg``) are neither classes nor
+      images.
+    * ``classes``: the class list of another split (the training folder's). Labels are then
+      indices into that list, matched by folder name, so a query folder that lacks a class
+      still gets the right labels; a folder with a class the list lacks is refused.
+    * Images are read by :func:`load_image_rgb`: 16-bit images scaled, and a file that cannot
+      be decoded raises a ValueError naming it.
+
+    Args:
+        root: the class-folder tree.
+        transform: applied to each PIL image.
+        classes: the class names labels refer to (default: this folder's, sorted).
+        **kw: passed to torchvision's ImageFolder (``target_transform``, ``loader``...).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Transform = None,
+        classes: Sequence[str] | None = None,
+        **kw: Any,
+    ) -> None:
+        self._given_classes = list(classes) if classes is not None else None
+        kw.setdefault("loader", load_image_rgb)
+        if "extensions" not in kw:
+            kw.setdefault("is_valid_file", _is_visible_image)
+        super().__init__(str(root), transform=transform, **kw)
+
+    def find_classes(self, directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
+        found = sorted(
+            e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
+        )
+        if not found:
+            raise FileNotFoundError(f"no class folders in {str(directory)!r}")
+        if self._given_classes is None:
+            return found, {c: i for i, c in enumerate(found)}
+        extra = [c for c in found if c not in self._given_classes]
+        if extra:
+            raise ValueError(
+                f"imagefolder: {str(directory)!r} has class folders {extra} that the training "
+                f"folder does not have (its classes: {self._given_classes}); the labels could "
+                "not be matched"
+            )
+        given = {c: i for i, c in enumerate(self._given_classes)}
+        return list(self._given_classes), {c: given[c] for c in found}
+
+
 def _count_class_dirs(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -341,7 +430,8 @@ def build_dataset(
         download: allow torchvision to download CIFAR-10 / STL-10 into ``root``.
         **kw: passed on: ``img_size``, ``seed`` ... (digits, shapes), ``n``, ``num_classes``
             (shapes), ``check_integrity``, ``target_transform`` (cifar10, stl10), ``split``,
-            ``folds`` (stl10), ``loader`` ... (imagefolder).
+            ``folds`` (stl10), ``classes`` (the training split's, to match labels by name),
+            ``loader`` ... (imagefolder: :class:`ImageFolder`).
 
     Returns:
         A ``torch.utils.data.Dataset`` with ``classes`` and ``targets``.
@@ -371,7 +461,7 @@ def build_dataset(
         return STL10(folder, split=split, transform=transform, download=download, **kw)
     split_dir = _image_folder_dir(folder, train)
     try:
-        return torchvision.datasets.ImageFolder(str(split_dir), transform=transform, **kw)
+        return ImageFolder(split_dir, transform=transform, **kw)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"imagefolder: no usable images under {split_dir.resolve()} ({err}). Expected "

@@ -239,6 +239,50 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         build_dataset("imagefolder", root=tmp_path / "only_train", train=False)
 
 
+def test_imagefolder_skips_hidden_folders_and_files(tmp_path: Path) -> None:
+    """Jupyter's .ipynb_checkpoints/ is no class, macOS's ._a.png is no image."""
+    write_png(tmp_path / "cats" / "a.png", (255, 0, 0))
+    write_png(tmp_path / "dogs" / "b.png", (0, 0, 255))
+    write_png(tmp_path / ".ipynb_checkpoints" / "c.png", (0, 255, 0))
+    (tmp_path / "cats" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds = build_dataset("imagefolder", root=tmp_path)
+    assert ds.classes == ["cats", "dogs"] and len(ds) == 2
+    assert num_classes(ds) == num_classes("imagefolder", root=tmp_path) == 2
+
+
+def test_imagefolder_queries_are_labelled_by_the_training_class_names(tmp_path: Path) -> None:
+    for cls in ("cat", "dog"):
+        write_png(tmp_path / "train" / cls / "0.png", (0, 0, 0))
+    write_png(tmp_path / "val" / "dog" / "0.png", (0, 0, 0))  # no cat queries
+    train = build_dataset("imagefolder", root=tmp_path)
+    val = build_dataset("imagefolder", root=tmp_path, train=False, classes=train.classes)
+    # On its own the folder would call "dog" class 0; by the training names it is class 1.
+    assert build_dataset("imagefolder", root=tmp_path, train=False)[0][1] == 0
+    assert val.classes == ["cat", "dog"] and val[0][1] == 1
+    write_png(tmp_path / "val" / "zebra" / "0.png", (0, 0, 0))
+    with pytest.raises(ValueError, match=r"class folders \['zebra'\] that the training folder"):
+        build_dataset("imagefolder", root=tmp_path, train=False, classes=train.classes)
+
+
+def test_imagefolder_reads_16_bit_images_and_names_a_broken_file(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    ramp = np.linspace(0, 65535, 12, dtype=np.uint16).reshape(3, 4)
+    Image.fromarray(ramp).save(tmp_path / "a" / "deep.png")  # a 16-bit greyscale PNG
+    ds = build_dataset("imagefolder", root=tmp_path)
+    got = np.asarray(ds[0][0])[..., 0]
+    # 65535 -> 255, 0 -> 0: the ramp survives (PIL's own convert("RGB") clips it at 255).
+    assert got.min() == 0 and got.max() == 255 and len(np.unique(got)) == 12
+    write_png(tmp_path / "a" / "good.png", (1, 2, 3))
+    data = (tmp_path / "a" / "good.png").read_bytes()
+    (tmp_path / "a" / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "a" / "text.jpg").write_text("not an image")
+    ds = build_dataset("imagefolder", root=tmp_path)
+    for i, (path, _) in enumerate(ds.samples):
+        if path.endswith(("cut.png", "text.jpg")):
+            with pytest.raises(ValueError, match=rf"cannot read '{path}' as an image"):
+                ds[i]
+
+
 # ---------------------------------------------------------------- the builder
 
 

@@ -169,6 +169,12 @@ def test_dino_trains_on_an_image_folder(tmp_path):
     assert math.isfinite(record["train_loss"]) and 0 <= record["knn_top1"] <= 100
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "nowhere")))
+    # A query folder with only dogs: labelled 1 as in the training folder, not 0 as its own.
+    (tmp_path / "queries" / "dogs").mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / "queries" / "dogs" / "0.png")
+    data = build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "images"),
+                               val_data_path=str(tmp_path / "queries")))
+    assert data.num_classes == 2 and [y for _, y in data.knn_test] == [1]
 
 
 def test_koleo_term_is_added_to_the_dino_loss_with_its_weight(tmp_path):

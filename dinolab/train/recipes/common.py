@@ -279,11 +279,14 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
         root = Path(cfg.data_path or "")
         train_images = _labelled(build_dataset(name, root=root, train=True))
         to_eval = eval_transform(size)
+        # Query folders are labelled by the training folder's class names, not their own.
+        same_classes = {"classes": train_images.classes} if name == "imagefolder" else {}
         if cfg.val_data_path:
             knn_train = _WithTransform(train_images, to_eval)
-            knn_test = _WithTransform(
-                _labelled(build_dataset("imagefolder", root=cfg.val_data_path, train=True)), to_eval
+            queries = build_dataset(
+                "imagefolder", root=cfg.val_data_path, train=True, classes=train_images.classes
             )
+            knn_test = _WithTransform(_labelled(queries), to_eval)
         elif name == "imagefolder" and not (root / "train").is_dir():
             n = len(train_images)
             knn_train = _WithTransform(
@@ -293,7 +296,7 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
         else:
             knn_train = _WithTransform(train_images, to_eval)
             knn_test = _WithTransform(
-                _labelled(build_dataset(name, root=root, train=False)), to_eval
+                _labelled(build_dataset(name, root=root, train=False, **same_classes)), to_eval
             )
     num_classes = len(train_images.classes)  # type: ignore[attr-defined]
     train_set = SeededTransform(train_images, augmentation, seed=cfg.seed)
