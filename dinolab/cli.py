@@ -241,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"dinolab: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output folder that is a file, read-only, a full disk...
+        print(f"dinolab: error: {err}", file=sys.stderr)
+        return 1
     finally:
         du.cleanup()
 

@@ -195,6 +195,22 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys):
     assert main(["eval", "knn", "--pretrained_weights", str(tmp_path / "missing.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+    # Resuming with another width: a message naming the setting, not load_state_dict's dump.
+    wider = [*TINY, "--output_dir", str(out), "--resume", "--embed_dim", "48"]
+    assert main(["train", "dino", *wider]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: the checkpoint" in err and "--embed_dim 32 then, 48 now" in err
+    assert "Traceback" not in err
+    # Output folders that are files: refused before any work, with the path.
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "dino", *TINY, "--output_dir", str(tmp_path / "afile")]) == 2
+    assert f"--output_dir '{tmp_path / 'afile'}' is a file" in capsys.readouterr().err
+    assert main(["eval", "knn", *args, "--output_dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    # Other OS errors (a folder inside a file) are one line too, exit code 1.
+    assert main(["eval", "knn", *args, "--output_dir", str(tmp_path / "afile" / "x")]) == 1
+    assert capsys.readouterr().err.startswith("dinolab: error: [Errno 20] Not a directory")
+
 
 def test_python_dash_m_dinolab():
     # One subprocess (imports cost seconds): the module entry point parses and reports errors

@@ -705,20 +705,30 @@ class Engine:
                 f"--resume: {str(self.checkpoint_path)!r} was written by the "
                 f"{ckpt.get('recipe')!r} recipe, not {self.task.name!r}"
             )
-        self.task.load_state_dict(ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and ckpt.get("fp16_scaler"):
-            self.scaler.load_state_dict(ckpt["fp16_scaler"])
-        rng = ckpt.get("rng") or []
-        if rng:
-            set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
-        self.start_epoch = int(ckpt["epoch"])
         saved = ckpt.get("args", {})
         changed = {
             k: (saved[k], v)
             for k, v in plain_config(asdict(self.config)).items()
             if k in saved and saved[k] != v and k not in ("resume", "progress", "plots")
         }
+        try:
+            self.task.load_state_dict(ckpt)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # other shapes, keys or groups
+            differ = ", ".join(f"--{k} {old!r} then, {new!r} now" for k, (old, new) in
+                               changed.items())
+            raise ValueError(
+                f"--resume: the checkpoint {str(self.checkpoint_path)!r} does not fit this "
+                f"model ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+                + (f"Settings that differ: {differ}. " if differ else "")
+                + "Resume with the run's settings, or start a new --output_dir."
+            ) from None
+        if self.scaler is not None and ckpt.get("fp16_scaler"):
+            self.scaler.load_state_dict(ckpt["fp16_scaler"])
+        rng = ckpt.get("rng") or []
+        if rng:
+            set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
+        self.start_epoch = int(ckpt["epoch"])
         if changed and self.is_main:
             tqdm.write(f"resume: settings differ from the checkpoint (saved, now): {changed}")
         if self.is_main:
@@ -780,6 +790,8 @@ class Engine:
         """
         cfg = self.config
         if self.is_main:
+            if self.output_dir.exists() and not self.output_dir.is_dir():
+                raise ValueError(f"--output_dir {str(self.output_dir)!r} is a file, not a folder")
             self.output_dir.mkdir(parents=True, exist_ok=True)
         du.barrier()
         if cfg.resume:

@@ -175,6 +175,10 @@ def test_dino_trains_on_an_image_folder(tmp_path):
     data = build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "images"),
                                val_data_path=str(tmp_path / "queries")))
     assert data.num_classes == 2 and [y for _, y in data.knn_test] == [1]
+    with pytest.raises(ValueError, match="--dataset digits is bundled and reads no --data_path"):
+        build_ssl_data(tiny(tmp_path, dataset="digits", data_path=str(tmp_path / "images")))
+    with pytest.warns(UserWarning, match="1 class: every k-NN vote is right"):
+        build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "queries")))
 
 
 def test_koleo_term_is_added_to_the_dino_loss_with_its_weight(tmp_path):

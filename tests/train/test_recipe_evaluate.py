@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -60,11 +61,12 @@ def _cfg(run, **kw) -> EvalConfig:
 
 
 def test_knn_of_a_checkpoint_equals_the_accuracy_logged_during_training(run, tmp_path):
-    result = eval_knn(_cfg(run, nb_knn=(5, 200), output_dir=str(tmp_path)))
+    with pytest.warns(UserWarning, match="reported as k=16"):
+        result = eval_knn(_cfg(run, nb_knn=(5, 200), output_dir=str(tmp_path)))
     # Same teacher backbone, same data, same k and T: the same number (exactly).
     assert result["knn_top1"]["5"] == run[1]["knn_top1"]
     assert result["train_images"] == 16 and result["test_images"] == 8
-    assert 0.0 <= result["knn_top1"]["200"] <= 100.0  # k capped at the 16 stored features
+    assert 0.0 <= result["knn_top1"]["16"] <= 100.0  # k=200 capped at the 16 stored features
     assert json.loads((tmp_path / "eval_knn.json").read_text()) == result
 
 
@@ -91,6 +93,11 @@ def test_missing_and_foreign_weights_are_refused(run, tmp_path):
         )
     with pytest.raises(ValueError, match="no 'ema' entry"):
         load_backbone(_cfg(run, checkpoint_key="ema"))
+
+
+def test_a_folder_as_weights_is_named(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give the checkpoint file in it"):
+        load_backbone(EvalConfig(pretrained_weights=str(tmp_path)))
 
 
 def test_the_evaluations_refuse_to_run_under_torchrun(monkeypatch, tmp_path):
@@ -133,3 +140,30 @@ def test_an_official_dinov2_file_is_built_from_its_own_tensors(tmp_path):
 def test_overriding_a_dinolab_checkpoints_architecture_is_a_clear_error(run):
     with pytest.raises(ValueError, match="drop --arch / --patch_size"):
         load_backbone(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), patch_size=4))
+
+
+def test_a_checkpoint_of_own_images_evaluated_on_the_bundled_shapes_warns(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    train_dino(DINOConfig(output_dir=str(out), data_path=str(tmp_path / "imgs"), epochs=1,
+                          warmup_epochs=0, batch_size_per_gpu=4, local_crops_number=2,
+                          out_dim=32, head_hidden_dim=16, head_bottleneck_dim=8, embed_dim=16,
+                          depth=1, num_heads=2, knn_k=3, progress=False, plots=False,
+                          device="cpu"))
+    cfg = EvalConfig(pretrained_weights=str(out / "checkpoint.pth"), num_images=16,
+                     num_eval_images=8, nb_knn=(5, 100), progress=False, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = eval_knn(cfg)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "was trained on --data_path" in said
+    assert result["data"].startswith("shapes (seed 0, 16 + 8 images")
+    # k=100 > 16 images in the memory bank: reported as what was computed, k=16.
+    assert set(result["knn_top1"]) == {"5", "16"} and "larger k are reported as k=16" in said
+    cfg.data_path, cfg.nb_knn = str(tmp_path / "imgs"), (5,)
+    assert eval_knn(cfg)["data"] == f"imagefolder {tmp_path / 'imgs'}"

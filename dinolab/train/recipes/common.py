@@ -11,6 +11,7 @@ ImageFolder layout).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,11 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
     name = cfg.dataset
     if cfg.data_path and name == "shapes":
         name = "imagefolder"
+    if cfg.data_path and name == "digits":
+        raise ValueError(
+            f"--dataset digits is bundled and reads no --data_path ({cfg.data_path!r}); drop one "
+            "of the two (--dataset imagefolder for an image folder)"
+        )
     aug_kwargs: dict[str, Any] = {
         "global_crops_scale": tuple(cfg.global_crops_scale),
         "local_crops_scale": tuple(cfg.local_crops_scale),
@@ -299,6 +305,12 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
                 _labelled(build_dataset(name, root=root, train=False, **same_classes)), to_eval
             )
     num_classes = len(train_images.classes)  # type: ignore[attr-defined]
+    if num_classes < 2:
+        warnings.warn(
+            f"the data have {num_classes} class: every k-NN vote is right, so the k-NN accuracy "
+            "is 100% whatever the features; give class folders to measure it",
+            stacklevel=2,
+        )
     train_set = SeededTransform(train_images, augmentation, seed=cfg.seed)
     return SSLData(train_set, knn_train, knn_test, num_classes, collate_fn)
 

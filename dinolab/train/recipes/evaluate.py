@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,11 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
     from dinolab.train.checkpoint import load_checkpoint
 
     path = Path(cfg.pretrained_weights)
+    if path.is_dir():
+        raise ValueError(
+            f"--pretrained_weights {str(path)!r} is a folder; give the checkpoint file in it "
+            "(e.g. checkpoint.pth)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"--pretrained_weights {str(path)!r} does not exist")
     try:
@@ -179,6 +185,14 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
                 f"{str(path)!r} is a distill checkpoint: its teacher is the frozen input "
                 "model; evaluate the student with --checkpoint_key student, or the teacher's "
                 "own checkpoint"
+            )
+        trained_on = ckpt.get("args", {}).get("data_path")
+        if trained_on and not cfg.data_path:
+            warnings.warn(
+                f"{str(path)!r} was trained on --data_path {trained_on}, but this evaluation "
+                f"uses the bundled {cfg.dataset}; pass --data_path {trained_on} to evaluate on "
+                "those images",
+                stacklevel=2,
             )
         backbone = build_backbone_from(tcfg, drop_path_rate=0.0)
         image_size = cfg.image_size or tcfg.global_crops_size
@@ -237,10 +251,33 @@ def _data(cfg: EvalConfig, image_size: int, patch_size: int) -> SSLData:
     return build_ssl_data(ssl)
 
 
+def _data_description(cfg: EvalConfig) -> str:
+    """What the evaluation ran on, for its result."""
+    if cfg.data_path:
+        queries = f", queries {cfg.val_data_path}" if cfg.val_data_path else ""
+        name = "imagefolder" if cfg.dataset == "shapes" else cfg.dataset
+        return f"{name} {cfg.data_path}{queries}"
+    if cfg.dataset == "shapes":
+        return (f"shapes (seed {cfg.seed}, {cfg.num_images} + {cfg.num_eval_images} images, "
+                f"{cfg.num_classes} classes)")
+    return cfg.dataset
+
+
+def _output_dir(cfg: EvalConfig) -> Path | None:
+    """Create ``--output_dir`` up front: a path that cannot hold the result fails before the
+    evaluation, not after it."""
+    if not cfg.output_dir:
+        return None
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _write(cfg: EvalConfig, name: str, result: dict[str, Any]) -> None:
-    if cfg.output_dir:
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(cfg)
+    if out is not None:
         (out / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -259,6 +296,7 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
     from dinolab.eval import extract_features, knn_accuracy
 
     _refuse_several_processes("knn")
+    _output_dir(cfg)
     fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
     backbone, image_size = load_backbone(cfg)
@@ -271,16 +309,24 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
     xtr, ytr = extract_features(backbone, loader["train"], device=device, progress=cfg.progress)
     xte, yte = extract_features(backbone, loader["test"], device=device, progress=cfg.progress)
     xte = xte.to(device)  # the votes are computed on the queries' device (a GPU if used)
+    n_bank = int(xtr.shape[0])
+    if any(k > n_bank for k in cfg.nb_knn):
+        warnings.warn(
+            f"--nb_knn {list(cfg.nb_knn)}: the memory bank has only {n_bank} images, so larger k "
+            f"are reported as k={n_bank}",
+            stacklevel=2,
+        )
     accs = {
-        str(k): 100.0
+        str(min(k, n_bank)): 100.0
         * knn_accuracy(
-            xtr, ytr, xte, yte, data.num_classes, k=min(k, xtr.shape[0]), T=cfg.temperature
+            xtr, ytr, xte, yte, data.num_classes, k=min(k, n_bank), T=cfg.temperature
         )
         for k in cfg.nb_knn
     }
     result = {
         "pretrained_weights": cfg.pretrained_weights,
         "checkpoint_key": cfg.checkpoint_key,
+        "data": _data_description(cfg),
         "knn_top1": accs,
         "train_images": int(xtr.shape[0]),
         "test_images": int(xte.shape[0]),
@@ -305,6 +351,7 @@ def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
     from dinolab.eval import extract_features, train_linear_probe
 
     _refuse_several_processes("linear")
+    _output_dir(cfg)
     fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
     backbone, image_size = load_backbone(cfg)
@@ -338,6 +385,7 @@ def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
     result = {
         "pretrained_weights": cfg.pretrained_weights,
         "checkpoint_key": cfg.checkpoint_key,
+        "data": _data_description(cfg),
         "linear_top1": 100.0 * result_probe.accuracy,
         "feature_dim": int(feats[0][0].shape[1]),
         "epochs": cfg.epochs,
