@@ -192,7 +192,8 @@ class CIFAR10(torchvision.datasets.CIFAR10):
                 "CIFAR-10",
                 folder,
                 missing,
-                f"Pass download=True (with a network) to fetch it into {root.resolve()}, or "
+                f"In Python, pass download=True (with a network; the command line never "
+                f"downloads) to fetch it into {root.resolve()}, or "
                 f"download {self.url} and extract it there (it creates {self.base_folder}/).",
             )
         try:
@@ -251,7 +252,8 @@ class STL10(torchvision.datasets.STL10):
                 "STL-10",
                 folder,
                 missing,
-                f"Pass download=True (with a network) to fetch it into {root.resolve()}, or "
+                f"In Python, pass download=True (with a network; the command line never "
+                f"downloads) to fetch it into {root.resolve()}, or "
                 f"download {self.url} and extract it there (it creates {self.base_folder}/).",
             )
         try:
