@@ -48,7 +48,8 @@ class KoLeoLoss(nn.Module):
         The arg-max carries no gradient, so it is computed outside autograd.
         """
         dots = x @ x.t()
-        # -2 is below any cosine, so a row never picks itself (DINOv2 fills -1, the same in effect).
+        # -2 is below any cosine, so a row never picks itself. DINOv2 fills -1, which ties with
+        # an exactly opposite vector (cosine -1); its argmax may then pick the row itself.
         dots.fill_diagonal_(-2.0)
         return dots.argmax(dim=1)
 
