@@ -216,6 +216,21 @@ def _to_config(cls: type, namespace: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def use_fast_gpu_kernels(device: str) -> bool:
+    """On a GPU, as official DINO and DINOv2 scripts do: cuDNN picks the fastest convolution
+    algorithm for the input shapes (``cudnn.benchmark``, DINO) and float32 matrix products use
+    TF32 tensor cores (DINOv2). A process-wide setting, so the command line makes it, not the
+    library. Returns whether it did (not on the CPU, nor with ``--device cpu``)."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return False
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dinolab`` console script; returns the exit code."""
     parser = build_parser()
@@ -226,7 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             cls, train_fn = _recipes()[args.recipe]
-            result = train_fn(_to_config(cls, args))
+            cfg = _to_config(cls, args)
+            use_fast_gpu_kernels(cfg.device)
+            result = train_fn(cfg)
         else:
             from dinolab.train.recipes.evaluate import EvalConfig, eval_knn, eval_linear
 

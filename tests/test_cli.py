@@ -263,3 +263,22 @@ def test_every_command_shown_in_the_docs_parses():
             if exc.code != 0:
                 bad.append(f"{path}: {cmd}")
     assert not bad, "\n".join(bad)
+
+
+def test_gpu_runs_use_cudnn_benchmark_and_tf32_as_the_official_scripts(monkeypatch):
+    """torch.cuda is faked; the flags are process-wide, so they are restored afterwards."""
+    from dinolab.cli import use_fast_gpu_kernels
+
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
+        assert not use_fast_gpu_kernels("auto")  # this machine: no GPU, nothing changes
+        assert not torch.backends.cudnn.benchmark
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert not use_fast_gpu_kernels("cpu")
+        assert use_fast_gpu_kernels("auto") and use_fast_gpu_kernels("cuda:1")
+        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = flags
