@@ -219,3 +219,19 @@ def test_rotation_flag_reaches_the_augmentation(tmp_path, batched):
     else:
         assert len(sample) == data.train_set.transform.num_crops
     assert build_ssl_data(tiny(tmp_path)).train_set.transform.rotation_degrees == 0.0
+
+
+def test_knn_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
+    from dinolab.train.recipes.common import knn_due
+
+    assert [e for e in range(7) if knn_due(3, e, 7)] == [2, 5, 6]  # epochs 3, 6 and the last
+    assert not any(knn_due(0, e, 7) for e in range(7))
+    train_dino(tiny(tmp_path / "two", epochs=3, warmup_epochs=0, knn_every=2, plots=True))
+    log = (tmp_path / "two" / "log_epochs.jsonl").read_text()
+    epochs = [json.loads(x) for x in log.splitlines()]
+    assert ["knn_top1" in e for e in epochs] == [False, True, True]
+    assert (tmp_path / "two" / "knn_accuracy.png").is_file()  # plotted from the epochs it has
+    record = train_dino(tiny(tmp_path / "never", epochs=1, warmup_epochs=0, knn_every=0))
+    assert "knn_top1" not in record and math.isfinite(record["train_loss"])
+    with pytest.raises(ValueError, match="--knn_every must be >= 0, got -1"):
+        build_ssl_data(tiny(tmp_path, knn_every=-1))

@@ -154,7 +154,15 @@ class SSLConfig(TrainConfig):
     knn_k: int = field(
         default=20,
         metadata=_help(
-            "Neighbours of the weighted k-NN evaluation run after every epoch (official: 20)."
+            "Neighbours of the weighted k-NN evaluation (see --knn_every; official: 20)."
+        ),
+    )
+    knn_every: int = field(
+        default=1,
+        metadata=_help(
+            "Run the k-NN evaluation every N epochs and after the last; 0: never (evaluate "
+            "the checkpoint with `dinolab eval knn`). On a large --data_path each evaluation is "
+            "a pass over all its images, in one process while the others wait."
         ),
     )
     knn_temperature: float = field(
@@ -215,6 +223,14 @@ def _labelled(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def knn_due(every: int, epoch: int, epochs: int) -> bool:
+    """Whether the k-NN evaluation runs after ``epoch`` (0-based) of ``epochs``: every
+    ``every`` epochs and after the last one; never when ``every`` is 0."""
+    if every < 0:
+        raise ValueError(f"--knn_every must be >= 0, got {every}")
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
+
+
 def build_ssl_data(cfg: SSLConfig) -> SSLData:
     """Multi-crop training set and labelled k-NN sets, from :func:`dinolab.data.build_dataset`.
 
@@ -230,6 +246,8 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
     from dinolab.data import MultiCropAugmentation, build_dataset, eval_transform
     from dinolab.data.batched import BatchedMultiCrop
 
+    if cfg.knn_every < 0:
+        raise ValueError(f"--knn_every must be >= 0, got {cfg.knn_every}")
     patch = int(getattr(cfg, "patch_size", 1) or 1)
     for name in ("global_crops_size", "local_crops_size"):
         size = getattr(cfg, name)

@@ -44,7 +44,14 @@ from dinolab.train.engine import (
     fix_random_seeds,
     nonfinite_loss,
 )
-from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data, knn_evaluate
+from dinolab.train.recipes.common import (
+    SSLConfig,
+    SSLData,
+    _help,
+    build_ssl_data,
+    knn_due,
+    knn_evaluate,
+)
 
 __all__ = ["DINOConfig", "DINOTask", "build_backbone_from", "build_student", "train_dino"]
 
@@ -351,7 +358,7 @@ class DINOTask(Task):
         from dinolab.eval import parameter_divergence
 
         out = {"teacher_student_divergence": parameter_divergence(self.student, self.teacher)}
-        if self.data is not None:
+        if self.data is not None and knn_due(self.cfg.knn_every, epoch, self.cfg.epochs):
             out["knn_top1"] = knn_evaluate(
                 self.teacher.backbone,
                 self.data.knn_train,

@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from dinolab.train import distributed as du
 from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds, nonfinite_loss
-from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_evaluate
+from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_due, knn_evaluate
 from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
 
 __all__ = ["DistillConfig", "DistillStudent", "DistillTask", "load_teacher", "train_distill"]
@@ -441,7 +441,7 @@ class DistillTask(Task):
         return loss, metrics  # type: ignore[return-value]
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        if self.data is None:
+        if self.data is None or not knn_due(self.cfg.knn_every, epoch, self.cfg.epochs):
             return {}
         return {
             "student_knn_top1": knn_evaluate(
