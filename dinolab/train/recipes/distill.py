@@ -481,7 +481,9 @@ def _linear_probe(
     from dinolab.eval import extract_features, train_linear_probe
 
     def feats(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False)
+        loader = DataLoader(
+            ds, batch_size=cfg.eval_batch_size, shuffle=False, pin_memory=device.type == "cuda"
+        )
         return extract_features(backbone, loader, device=device, normalize=False, progress=False)
 
     (xtr, ytr), (xte, yte) = feats(data.knn_train), feats(data.knn_test)

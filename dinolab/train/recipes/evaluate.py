@@ -363,7 +363,7 @@ def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
     feats = [
         extract_features(
             model,
-            DataLoader(ds, batch_size=cfg.batch_size_per_gpu),
+            DataLoader(ds, batch_size=cfg.batch_size_per_gpu, pin_memory=device.type == "cuda"),
             device=device,
             normalize=False,
             progress=cfg.progress,
