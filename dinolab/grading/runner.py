@@ -341,12 +341,16 @@ class _NotebookGrader:
             label = self.labels.get(int(match.group(1)), "a cell")
             code = ""
             for line in text.splitlines():
-                if line.lstrip().startswith("---->"):
-                    code = line.split("---->", 1)[1].strip()
-                    code = re.sub(r"^\d+\s*", "", code)
+                # IPython's arrow shortens as the line number grows: "----> 3", "---> 12".
+                marked = _MARKED_LINE.match(line)
+                if marked:
+                    code = marked.group(1).strip()
             located = f"\n  in {label}, line {match.group(2)}"
             return f"{located}: {code}" if code else located
         return ""
+
+
+_MARKED_LINE = re.compile(r"^\s*-+>\s*\d+\s(.*)$")
 
 
 def _last_line(text: str) -> str:

@@ -38,6 +38,10 @@ CELLS = [
     ("test", "assert stub(1) == 2", "stub_value", 1),
     ("solution", "def raising(x):\n    y = x\n    return y / 0", "raising"),
     ("test", "assert raising(1) == 2", "raising_value", 1),
+    # Past line 9 IPython marks the line with a shorter arrow ("---> 12" instead of "----> 3").
+    ("solution", "def raising_far(x):\n" + "    # a comment\n" * 10 + "    return x[0]",
+     "raising_far"),
+    ("test", "assert raising_far(1) == 2", "raising_far_value", 1),
     ("solution", "def wrong(x):\n    return x", "wrong"),
     ("test", "assert wrong(1) == 2, f'wrong(1): expected 2, your code gave {wrong(1)}'",
      "wrong_message", 1),
@@ -106,6 +110,8 @@ def test_raising_code_reports_the_errors_last_line_and_where(graded) -> None:
     assert status == ERROR
     assert "your code raised ZeroDivisionError: division by zero" in message
     assert "in your `raising` cell, line 3: return y / 0" in message
+    status, message = _tests(graded[2])["raising_far_value"]
+    assert status == ERROR and "in your `raising_far` cell, line 12: return x[0]" in message
 
 
 def test_failed_check_shows_its_message_or_the_failing_line(graded) -> None:
@@ -151,7 +157,7 @@ def test_kernel_is_this_python_in_the_notebooks_folder(graded) -> None:
 def test_total(graded) -> None:
     result = graded[2]
     # good 3 + after_hang 1 + after_restart 1 + environment 2; every other check scores 0.
-    assert (result.earned, result.possible) == (7.0, 16.0)
+    assert (result.earned, result.possible) == (7.0, 17.0)
     assert result.problem == ""
 
 
