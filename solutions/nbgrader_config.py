@@ -35,3 +35,12 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # and scores 0 (the learner grader's per-exercise limit is in dinolab.grading.runner).
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
+
+# Feedback for learners: hidden tests' code and long tracebacks left out of the HTML (the
+# autograded notebooks keep them); see dinolab.grading.feedback.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from dinolab.grading.feedback import LearnerFeedback  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, LearnerFeedback, CSSHTMLHeaderPreprocessor]

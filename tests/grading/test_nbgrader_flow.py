@@ -108,6 +108,25 @@ def test_feedback_is_written_per_student(course: Path) -> None:
         assert html.is_file() and html.stat().st_size > 1000
 
 
+def test_feedback_hides_hidden_tests_and_tracebacks(course: Path) -> None:
+    from dinolab.grading.feedback import HIDDEN_TESTS_NOTE, NOT_ATTEMPTED_FEEDBACK
+
+    def page(student: str) -> str:
+        return (course / "instructor" / "feedback" / student / AID / f"{AID}.html").read_text()
+
+    carol = page("carol")  # fails the hidden alpha=0.3 check
+    # Its code is gone (the reference call); its message, written for learners, stays.
+    assert "reference.kd_loss" not in carol and "BEGIN HIDDEN TESTS" not in carol
+    assert HIDDEN_TESTS_NOTE.lstrip("# ")[:40] in carol
+    assert "alpha=0.3): expected 1.38401" in carol
+    assert "checks.py" not in carol  # without the traceback through the checks
+    assert NOT_ATTEMPTED_FEEDBACK[:40] in page("alice")  # the untouched release
+    # The autograded notebook keeps everything for the instructor.
+    graded = (course / "instructor" / "autograded" / "carol" / AID / NB).read_text()
+    assert "reference.kd_loss(s, t, labels=y, T=2.0, alpha=0.3)" in graded
+    assert "checks.py" in graded
+
+
 def test_collect_validates_its_input(tmp_path: Path) -> None:
     shutil.copytree(REPO / "solutions" / AID, tmp_path / "solutions" / AID)
     assert assignments(tmp_path) == [AID]
