@@ -308,8 +308,8 @@ def collect(
             if dest.exists():
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
-            for nb in notebooks:
-                shutil.copy2(nb, dest / nb.name)
+            for nb, name in _submission_names(notebooks, aid, course_root, f"{student}/{aid}"):
+                shutil.copy2(nb, dest / name)
             newest = max(nb.stat().st_mtime for nb in notebooks)
             stamp = dt.datetime.fromtimestamp(newest, tz=dt.UTC)
             (dest / "timestamp.txt").write_text(stamp.strftime("%Y-%m-%d %H:%M:%S.%f UTC"))
@@ -318,6 +318,28 @@ def collect(
         raise ValueError(f"no notebooks found under {src}; expected <student>/<assignment>/*.ipynb"
                          " (or <student>/*.ipynb with --assignment)")
     return collected
+
+
+def _submission_names(
+    notebooks: Sequence[Path], aid: str, course_root: str | os.PathLike[str] | None, who: str
+) -> list[tuple[Path, str]]:
+    """The name each submitted notebook is collected under, with a warning for strays.
+
+    nbgrader grades only notebooks named as in the assignment; it skips any other
+    (``04_1_centering-Copy1.ipynb``) and the learner scores 0. A single notebook of another
+    name, for an assignment of a single notebook, is collected under the expected name;
+    other strays are collected as they are, with a warning that nbgrader will skip them.
+    """
+    expected = sorted(p.name for p in (_root(course_root) / "solutions" / aid).glob("*.ipynb"))
+    names = [nb.name for nb in notebooks]
+    if len(expected) == 1 and len(notebooks) == 1 and names != expected:
+        print(f"warning: {who}: {names[0]} collected as {expected[0]} (the assignment's name)",
+              file=sys.stderr)
+        return [(notebooks[0], expected[0])]
+    for name in sorted(set(names) - set(expected)):
+        print(f"warning: {who}: {name} is not a notebook of the assignment {expected}; "
+              "nbgrader will skip it", file=sys.stderr)
+    return [(nb, nb.name) for nb in notebooks]
 
 
 def _submitted_ids(course_root: str | os.PathLike[str] | None) -> list[str]:
@@ -335,9 +357,26 @@ def autograde(
     a learner cannot change what is checked. Default: every assignment with submissions.
     """
     chosen = list(ids) if ids else _submitted_ids(course_root)
-    for aid in chosen:
-        run_nbgrader(["autograde", aid, "--force", "--create"], course_root)
+    graded, failed = [], []
+    for aid in chosen:  # one failing assignment must not leave the others ungraded
+        try:
+            run_nbgrader(["autograde", aid, "--force", "--create"], course_root)
+            graded.append(aid)
+        except RuntimeError as err:
+            failed.append(f"{aid}: {_nbgrader_errors(str(err))}")
+    if failed:
+        raise RuntimeError(
+            f"autograde failed for {len(failed)} of {len(chosen)} assignment(s); graded: "
+            f"{', '.join(graded) or 'none'}.\n  " + "\n  ".join(failed)
+        )
     return chosen
+
+
+def _nbgrader_errors(output: str) -> str:
+    """nbgrader's error lines (and the notebooks it skipped) out of its whole log."""
+    keep = [ln.strip() for ln in output.splitlines()
+            if "[ERROR]" in ln or "Skipping unknown notebook" in ln or "failed with exit" in ln]
+    return "\n    ".join(keep[:8]) if keep else output.strip()[-1000:]
 
 
 def feedback(

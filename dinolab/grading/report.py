@@ -175,6 +175,12 @@ def format_feedback(result: NotebookResult) -> str:
     return "\n".join(parts)
 
 
+HIDDEN_CHECKS_NOTE = (
+    "These are the checks in your notebook. When your instructor grades it, nbgrader adds hidden "
+    "checks to some cells (other inputs), which can find a case these miss."
+)
+
+
 def format_report(result: NotebookResult) -> str:
     """Title, table and feedback of one notebook, as ``make grade`` prints them."""
     title = f"{result.path}  ({result.seconds:.1f} s)"
@@ -184,6 +190,8 @@ def format_report(result: NotebookResult) -> str:
         out += ["", "  What to fix:", feedback]
     elif result.possible > 0:
         out += ["", "  All checks pass. Well done!"]
+    if result.possible > 0:
+        out += ["", f"  {HIDDEN_CHECKS_NOTE}"]
     return "\n".join(out)
 
 

@@ -147,3 +147,34 @@ def test_collect_validates_its_input(tmp_path: Path) -> None:
 def test_main_reports_errors_without_a_traceback(tmp_path: Path, capsys) -> None:
     assert main(["--course-root", str(tmp_path), "release"]) == 1
     assert "no solutions/ folder" in capsys.readouterr().err
+
+
+def test_collect_renames_a_single_misnamed_notebook(tmp_path: Path, capsys) -> None:
+    """A Jupyter copy (``...-Copy1.ipynb``) would be skipped by nbgrader: the learner scores 0."""
+    shutil.copytree(REPO / "solutions" / AID, tmp_path / "solutions" / AID)
+    (tmp_path / "inbox" / "dave").mkdir(parents=True)
+    shutil.copy(REPO / "exercises" / AID / NB, tmp_path / "inbox" / "dave" / f"{AID}-Copy1.ipynb")
+    assert collect(tmp_path / "inbox", assignment=AID, course_root=tmp_path) == [("dave", AID)]
+    got = tmp_path / "instructor" / "submitted" / "dave" / AID
+    assert sorted(p.name for p in got.glob("*.ipynb")) == [NB]
+    assert f"{AID}-Copy1.ipynb collected as {NB}" in capsys.readouterr().err
+    # Two notebooks, one stray: both kept, the stray named in a warning.
+    shutil.copy(REPO / "exercises" / AID / NB, tmp_path / "inbox" / "dave" / NB)
+    collect(tmp_path / "inbox", assignment=AID, course_root=tmp_path)
+    assert f"{AID}-Copy1.ipynb is not a notebook of the assignment" in capsys.readouterr().err
+
+
+def test_autograde_grades_the_other_assignments_when_one_fails(monkeypatch) -> None:
+    from dinolab.grading import nbgrader_flow
+
+    ran = []
+
+    def fake(args, course_root=None, check=True, needs_db=True):
+        ran.append(args[1])
+        if args[1] == "b":
+            raise RuntimeError("nbgrader autograde b failed with exit code 1:\n[INFO] noise\n"
+                               "[ERROR] There was an error processing assignment: b")
+    monkeypatch.setattr(nbgrader_flow, "run_nbgrader", fake)
+    with pytest.raises(RuntimeError, match=r"failed for 1 of 3 assignment\(s\); graded: a, c"):
+        autograde(["a", "b", "c"])
+    assert ran == ["a", "b", "c"]
