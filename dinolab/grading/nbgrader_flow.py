@@ -379,6 +379,23 @@ def _nbgrader_errors(output: str) -> str:
     return "\n    ".join(keep[:8]) if keep else output.strip()[-1000:]
 
 
+def scores(
+    aid: str, course_root: str | os.PathLike[str] | None = None
+) -> list[tuple[str, float, float]]:
+    """``(student, score, max_score)`` of every autograded submission of ``aid``, by student."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    db = _root(course_root) / INSTRUCTOR_DIR / "gradebook.db"
+    if not db.is_file():
+        return []
+    with Gradebook(f"sqlite:///{db}") as gb:
+        try:
+            subs = gb.assignment_submissions(aid)
+        except MissingEntry:
+            return []
+        return sorted((s.student_id, float(s.score), float(s.max_score)) for s in subs)
+
+
 def feedback(
     ids: Sequence[str] | None = None, course_root: str | os.PathLike[str] | None = None
 ) -> list[str]:
@@ -441,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "autograde":
             done = autograde(args.assignments, root)
             print(f"autograded: {', '.join(done) or 'nothing submitted'}")
+            for aid in done:
+                for student, got, out_of in scores(aid, root):
+                    print(f"  {aid}  {student}: {got:g} / {out_of:g}")
         elif args.command == "feedback":
             done = feedback(args.assignments, root)
             print(f"feedback written to {INSTRUCTOR_DIR}/feedback/ for: {', '.join(done)}")

@@ -102,6 +102,14 @@ def test_autograde_restores_hidden_tests(course: Path) -> None:
     assert any(o.get("output_type") == "error" for o in cell.outputs)
 
 
+def test_scores_read_back_from_the_gradebook(course: Path) -> None:
+    from dinolab.grading.nbgrader_flow import scores
+
+    assert scores(AID, course) == [("alice", 0.0, 17.0), ("bob", 17.0, 17.0),
+                                   ("carol", 16.0, 17.0)]
+    assert scores("no_such_assignment", course) == []
+
+
 def test_feedback_is_written_per_student(course: Path) -> None:
     for student in ("alice", "bob", "carol"):
         html = course / "instructor" / "feedback" / student / AID / f"{AID}.html"
