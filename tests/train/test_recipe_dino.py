@@ -179,6 +179,9 @@ def test_dino_trains_on_an_image_folder(tmp_path):
         build_ssl_data(tiny(tmp_path, dataset="digits", data_path=str(tmp_path / "images")))
     with pytest.warns(UserWarning, match="1 class: every k-NN vote is right"):
         build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "queries")))
+    # tiny() sets 16 images and 8 test images: flags of the synthetic shapes, unused here.
+    with pytest.warns(UserWarning, match="--num_images 16, --num_eval_images 8: the synthetic"):
+        build_ssl_data(tiny(tmp_path, data_path=str(tmp_path / "images")))
 
 
 def test_koleo_term_is_added_to_the_dino_loss_with_its_weight(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,16 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
     name = cfg.dataset
     if cfg.data_path and name == "shapes":
         name = "imagefolder"
+    if cfg.data_path:
+        defaults = {f.name: f.default for f in fields(SSLConfig)}
+        unused = [f"--{k} {getattr(cfg, k)}" for k in ("num_images", "num_eval_images",
+                  "num_classes") if getattr(cfg, k) != defaults[k]]
+        if unused:
+            warnings.warn(
+                f"{', '.join(unused)}: the synthetic shapes' settings, unused with --data_path "
+                f"(the folder's images and class folders count)",
+                stacklevel=2,
+            )
     if cfg.data_path and name == "digits":
         raise ValueError(
             f"--dataset digits is bundled and reads no --data_path ({cfg.data_path!r}); drop one "
