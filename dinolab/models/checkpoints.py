@@ -131,10 +131,21 @@ def _strip(key: str, prefix: str) -> str:
     return key[len(prefix):] if key.startswith(prefix) else key
 
 
-def _candidates(key: str) -> Iterator[str]:
-    """Names a file key may have in the model, most literal first."""
+def _unwrap(key: str) -> str:
+    """A file key without the DDP / ``torch.compile`` wrappers' prefixes."""
     for prefix in _ALWAYS_STRIP:
         key = _strip(key, prefix)
+    return key
+
+
+def _is_swiglu(key: str) -> bool:
+    """DINOv2 ViT-g's SwiGLU feed-forward layers, which dinolab's ViT does not implement."""
+    return ".mlp.w12." in key
+
+
+def _candidates(key: str) -> Iterator[str]:
+    """Names a file key may have in the model, most literal first."""
+    key = _unwrap(key)
     prefixed = [key, _strip(key, "backbone."), "backbone." + key]
     for name in prefixed:
         chunked = [name, _CHUNKED_BLOCK.sub(r"\1blocks.\2.", name)]
@@ -155,8 +166,7 @@ def _backbone_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     """A file's backbone tensors under backbone names (wrappers, ``backbone.``, chunks gone)."""
     out = {}
     for key, value in state.items():
-        for prefix in _ALWAYS_STRIP:
-            key = _strip(key, prefix)
+        key = _unwrap(key)
         if key.startswith(HEAD_PREFIXES):
             continue
         out[_CHUNKED_BLOCK.sub(r"\1blocks.\2.", _strip(key, "backbone."))] = value
@@ -188,7 +198,7 @@ def infer_vit_options(
     proj = state.get("patch_embed.proj.weight")
     if proj is None or proj.ndim != 4:
         return {}
-    if any(".mlp.w12." in k for k in state):
+    if any(_is_swiglu(k) for k in state):
         raise ValueError(
             f"{path_str!r} is a ViT with SwiGLU feed-forward layers (mlp.w12 / mlp.w3, DINOv2's "
             "ViT-g), which dinolab's ViT does not implement; use a ViT-S/B/L file"
@@ -220,11 +230,7 @@ def infer_dino_head_options(
         ``use_bn`` from BatchNorm statistics.
     """
     state = _select_state_dict(read_checkpoint(path), checkpoint_key, str(path))
-    plain: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for prefix in _ALWAYS_STRIP:
-            key = _strip(key, prefix)
-        plain[key] = value
+    plain = {_unwrap(key): value for key, value in state.items()}
     for prefix in ("head.", "dino_head."):
         last = plain.get(f"{prefix}last_layer.weight_v")
         if last is None:
@@ -356,7 +362,7 @@ def load_pretrained(
             hint = (
                 " The file's ViT has SwiGLU feed-forward layers (DINOv2 ViT-g), which dinolab "
                 "does not implement."
-                if any(".mlp.w12." in k for k in unexpected)
+                if any(_is_swiglu(k) for k in unexpected)
                 else " Check arch (depth), LayerScale (init_values) and registers "
                 "(num_register_tokens), or the checkpoint key."
             )
