@@ -8,6 +8,10 @@ pixel space are a weak classifier (about 0.38 accuracy with six classes, chance 
 ``tests/data/test_shapes.py``), and a representation has to become invariant to exactly the
 nuisances that multi-crop augmentation varies.
 
+The generator knows where it drew each shape, so every image comes with an exact object mask
+(``Shapes.masks``, bool ``[n, H, W]``: the pixels the shape covers at least half of), the
+ground truth of the attention metric in :mod:`dinolab.eval.attention`.
+
 Everything is drawn from NumPy generators seeded by ``(seed, split)``: the same arguments
 give the same images, and the train and test splits are independent draws. Generated arrays
 are cached in memory, so building the same split twice costs nothing.
@@ -30,7 +34,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_CLASSES", "ArrayImageDataset", "Shapes", "generate_shapes"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "ArrayImageDataset",
+    "Shapes",
+    "generate_shapes",
+    "generate_shapes_masks",
+]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 
@@ -64,16 +74,58 @@ def _silhouette(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {name!r}; expected one of {SHAPE_CLASSES}")
 
 
-def _draw_chunk(labels: np.ndarray, img_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``len(labels)`` images: uint8 ``[n, S, S, 3]``."""
-    n, s, ss = len(labels), img_size, _SUPERSAMPLE
-    f32 = np.float32
+def _coverage(
+    labels: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: np.ndarray,
+    theta: np.ndarray,
+    img_size: int,
+) -> np.ndarray:
+    """Fraction of each pixel that the shape covers, estimated on a 2x finer grid.
 
-    def grid(m: int) -> tuple[np.ndarray, np.ndarray]:
-        # Pixel-centre coordinates in units of the image side, [1, m, m] each.
-        c = ((np.arange(m) + 0.5) / m).astype(f32)
-        y, x = np.meshgrid(c, c, indexing="ij")
-        return x[None], y[None]
+    Args:
+        labels: int ``[n]``, indices into :data:`SHAPE_CLASSES`.
+        cx, cy: float32 ``[n, 1, 1]`` centres in units of the image side (0 left / top).
+        radius: float32 ``[n]`` radii in units of the image side.
+        theta: float32 ``[n, 1, 1]`` rotations in radians.
+        img_size: image side ``S`` in pixels.
+
+    Returns:
+        float32 ``[n, S, S]`` coverage in ``{0, 1/4, 2/4, 3/4, 1}`` (the share of the pixel's
+        2x2 sub-pixel centres inside the silhouette).
+    """
+    n, s, ss = len(labels), img_size, _SUPERSAMPLE
+    # Sub-pixel centre coordinates in units of the image side, [1, s*ss, s*ss] each.
+    c = ((np.arange(s * ss) + 0.5) / (s * ss)).astype(np.float32)
+    yf, xf = np.meshgrid(c, c, indexing="ij")
+    dx, dy = xf[None] - cx, yf[None] - cy
+    r = radius[:, None, None]
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / r
+    v = (dy * np.cos(theta) - dx * np.sin(theta)) / r
+    inside = np.zeros(u.shape, dtype=bool)
+    for k, name in enumerate(SHAPE_CLASSES):
+        idx = np.flatnonzero(labels == k)
+        if idx.size:
+            inside[idx] = _silhouette(name, u[idx], v[idx])
+    alpha = np.zeros((n, s, s), dtype=np.float32)
+    for i in range(ss):
+        for j in range(ss):
+            alpha += inside[:, i::ss, j::ss]
+    return alpha / ss**2
+
+
+def _draw_chunk(
+    labels: np.ndarray, img_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``len(labels)`` images and their object masks.
+
+    Returns:
+        ``(images, masks)``: uint8 ``[n, S, S, 3]`` and bool ``[n, S, S]``, True where the
+        shape covers at least half of the pixel (coverage >= 0.5, see :func:`_coverage`).
+    """
+    n, s = len(labels), img_size
+    f32 = np.float32
 
     def draw(*shape: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         return rng.uniform(low, high, shape).astype(f32)
@@ -88,26 +140,13 @@ def _draw_chunk(labels: np.ndarray, img_size: int, rng: np.random.Generator) -> 
     bg = np.broadcast_to(grey, (n, s, s, 3)).copy()
 
     # Shape: random centre, radius and rotation; the silhouette is tested in its own frame on
-    # an ss-times finer grid, and its coverage of each pixel becomes the blending weight.
+    # a finer grid, and its coverage of each pixel becomes the blending weight.
     radius = draw(n, low=0.24, high=0.4)
     cx = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
     cy = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
     theta = draw(n, 1, 1, high=2 * np.pi)
-    xf, yf = grid(s * ss)
-    dx, dy = xf - cx, yf - cy
-    r = radius[:, None, None]
-    u = (dx * np.cos(theta) + dy * np.sin(theta)) / r
-    v = (dy * np.cos(theta) - dx * np.sin(theta)) / r
-    inside = np.zeros(u.shape, dtype=bool)
-    for k, name in enumerate(SHAPE_CLASSES):
-        idx = np.flatnonzero(labels == k)
-        if idx.size:
-            inside[idx] = _silhouette(name, u[idx], v[idx])
-    alpha = np.zeros((n, s, s), dtype=f32)
-    for i in range(ss):
-        for j in range(ss):
-            alpha += inside[:, i::ss, j::ss]
-    alpha = (alpha / ss**2)[..., None]
+    coverage = _coverage(labels, cx, cy, radius, theta, s)
+    alpha = coverage[..., None]
 
     # Colour far enough from the mean background to stay visible.
     colour = draw(n, 3)
@@ -119,23 +158,38 @@ def _draw_chunk(labels: np.ndarray, img_size: int, rng: np.random.Generator) -> 
     img = bg + (colour[:, None, None] - bg) * alpha
     noise_std = draw(n, 1, 1, 1, low=0.01, high=0.08)  # per-image pixel noise, [0, 1] units
     img += noise_std * rng.standard_normal(img.shape, dtype=f32)
-    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    images = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return images, coverage >= 0.5
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_shapes(
     n: int, img_size: int, seed: int, num_classes: int, split: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, split]))
     # Exactly balanced classes (counts differ by at most one), in random order.
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
     images = np.empty((n, img_size, img_size, 3), dtype=np.uint8)
+    masks = np.empty((n, img_size, img_size), dtype=bool)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        images[start:stop] = _draw_chunk(labels[start:stop], img_size, rng)
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return images, labels
+        images[start:stop], masks[start:stop] = _draw_chunk(labels[start:stop], img_size, rng)
+    for array in (images, labels, masks):
+        array.setflags(write=False)
+    return images, labels, masks
+
+
+def _check_arguments(n: int, img_size: int, seed: int, num_classes: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Shapes: n={n!r} must be an int >= 1")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
+        raise ValueError(f"Shapes: img_size={img_size!r} must be an int >= 8 (pixels)")
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(
+            f"Shapes: num_classes={num_classes!r} must be an int in [2, {len(SHAPE_CLASSES)}]"
+        )
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"Shapes: seed={seed!r} must be an int >= 0")
 
 
 def generate_shapes(
@@ -153,17 +207,32 @@ def generate_shapes(
 
     Returns:
         ``(images, labels)``: read-only uint8 ``[n, img_size, img_size, 3]`` and int64 ``[n]``.
+        :func:`generate_shapes_masks` adds the object masks.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"Shapes: n={n!r} must be an int >= 1")
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
-        raise ValueError(f"Shapes: img_size={img_size!r} must be an int >= 8 (pixels)")
-    if not isinstance(num_classes, int) or not 2 <= num_classes <= len(SHAPE_CLASSES):
-        raise ValueError(
-            f"Shapes: num_classes={num_classes!r} must be an int in [2, {len(SHAPE_CLASSES)}]"
-        )
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"Shapes: seed={seed!r} must be an int >= 0")
+    images, labels, _ = generate_shapes_masks(n, img_size, seed, num_classes, train)
+    return images, labels
+
+
+def generate_shapes_masks(
+    n: int = 2000, img_size: int = 32, seed: int = 0, num_classes: int = 6, train: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`generate_shapes` plus the object mask of every image (same arguments).
+
+    A pixel belongs to the object when the shape covers at least half of it: the images are
+    antialiased by drawing each pixel as 2x2 sub-pixels, and the mask keeps the pixels where
+    at least 2 of the 4 sub-pixel centres fall inside the silhouette.
+
+    Returns:
+        ``(images, labels, masks)``: read-only uint8 ``[n, img_size, img_size, 3]``, int64
+        ``[n]`` and bool ``[n, img_size, img_size]``, in the same order. The images and labels
+        are exactly those of :func:`generate_shapes`.
+
+    Examples:
+        >>> images, labels, masks = generate_shapes_masks(n=4, img_size=16)
+        >>> masks.shape, masks.dtype, bool(masks.any(axis=(1, 2)).all())
+        ((4, 16, 16), dtype('bool'), True)
+    """
+    _check_arguments(n, img_size, seed, num_classes)
     return _cached_shapes(n, img_size, seed, num_classes, 0 if train else 1)
 
 
@@ -171,12 +240,16 @@ class ArrayImageDataset(Dataset):
     """An image data set held in memory as a uint8 array, laid out like torchvision's CIFAR10.
 
     Subclasses fill ``data`` (``[n, H, W, 3]`` uint8), ``targets`` (``n`` int labels),
-    ``transform`` and ``as_tensor``. Items are ``(image, label)``: a PIL image, or a uint8
-    tensor ``[3, H, W]`` with ``as_tensor``, passed through ``transform`` when set.
+    ``transform`` and ``as_tensor``, and ``masks`` (bool ``[n, H, W]``, True on the object's
+    pixels, in the order of ``data``) when the generator knows where its objects are; it stays
+    None otherwise. Items are ``(image, label)``: a PIL image, or a uint8 tensor ``[3, H, W]``
+    with ``as_tensor``, passed through ``transform`` when set (masks are never transformed:
+    they describe ``data`` as stored).
     """
 
     data: np.ndarray
     targets: list[int]
+    masks: np.ndarray | None = None
     transform: Callable[[Any], Any] | None
     as_tensor: bool
 
@@ -211,6 +284,9 @@ class Shapes(ArrayImageDataset):
     Attributes:
         data: uint8 array ``[n, H, W, 3]`` (the layout of torchvision's CIFAR10), this
             instance's own copy.
+        masks: bool array ``[n, H, W]``, True on the pixels the shape covers at least half of
+            (see :func:`generate_shapes_masks`), in the order of ``data``; this instance's own
+            copy. Ground truth for attention maps (:func:`dinolab.eval.attention_jaccard`).
         targets: list of ``n`` int labels.
         classes: class names, ``classes[label]``.
 
@@ -223,6 +299,8 @@ class Shapes(ArrayImageDataset):
         >>> x, y = Shapes(n=10, as_tensor=True)[3]
         >>> x.shape, x.dtype
         (torch.Size([3, 32, 32]), torch.uint8)
+        >>> Shapes(n=10).masks.shape
+        (10, 32, 32)
     """
 
     def __init__(
@@ -235,9 +313,10 @@ class Shapes(ArrayImageDataset):
         transform: Callable[[Any], Any] | None = None,
         as_tensor: bool = False,
     ) -> None:
-        images, labels = generate_shapes(n, img_size, seed, num_classes, train)
-        # A private, writable copy: the cached arrays stay pristine for the next instance.
+        images, labels, masks = generate_shapes_masks(n, img_size, seed, num_classes, train)
+        # Private, writable copies: the cached arrays stay pristine for the next instance.
         self.data: np.ndarray = images.copy()
+        self.masks: np.ndarray | None = masks.copy()
         self.targets: list[int] = labels.tolist()
         self.classes: list[str] = list(SHAPE_CLASSES[:num_classes])
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}

@@ -1,6 +1,9 @@
-"""Tests of dinolab.data.shapes: determinism, balance, items, and raw-pixel difficulty."""
+"""Tests of dinolab.data.shapes: determinism, balance, items, raw-pixel difficulty, masks."""
 
 from __future__ import annotations
+
+import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from PIL import Image
 from sklearn.neighbors import KNeighborsClassifier
 
 from dinolab.data import shapes as shapes_module
-from dinolab.data.shapes import SHAPE_CLASSES, Shapes, generate_shapes
+from dinolab.data.shapes import SHAPE_CLASSES, Shapes, generate_shapes, generate_shapes_masks
 
 
 def test_same_seed_same_images_even_without_the_cache() -> None:
@@ -97,3 +100,178 @@ def test_raw_pixel_knn_is_weak_but_above_chance() -> None:
 def test_bad_arguments(kwargs: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         Shapes(**kwargs)
+
+
+# sha256 of the images (and labels) the generator drew before it returned masks: adding the
+# masks must not change a single pixel of any existing split.
+_IMAGE_SHA256 = {
+    (64, 16, 3, 6, True): (
+        "530ec912e60da98218bc07e3b27a9840f1663dc34ed6afdeeafd484a442982b4",
+        "cb50191aaa623e9e",
+    ),
+    (300, 32, 0, 6, False): (
+        "7222397fdc3d31a54d224b0c66ab7d2f04f818ec794c51922ace6b040b30df83",
+        "7e88745a14e94589",
+    ),
+    (40, 24, 5, 4, True): (
+        "869e9e9dd7cb1caf281ffad8e5e539aa7ce978445bdcf23e916aa612791d5b02",
+        "af8f2a6f9869d90c",
+    ),
+}
+
+
+@pytest.mark.parametrize("args", list(_IMAGE_SHA256))
+def test_images_are_unchanged_by_the_masks(args: tuple) -> None:
+    images, labels = generate_shapes(*args)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == _IMAGE_SHA256[args][0]
+    assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == _IMAGE_SHA256[args][1]
+    with_masks = generate_shapes_masks(*args)
+    assert with_masks[0] is images and with_masks[1] is labels  # one cached draw
+
+
+def test_masks_are_bool_per_image_read_only_and_copied() -> None:
+    images, labels, masks = generate_shapes_masks(n=20, img_size=24, seed=1)
+    assert masks.dtype == np.bool_ and masks.shape == (20, 24, 24)
+    assert images.shape[:3] == masks.shape and len(labels) == 20
+    with pytest.raises(ValueError):
+        masks[0, 0, 0] = True  # the cached array is read-only
+    ds = Shapes(n=20, img_size=24, seed=1)
+    assert ds.masks is not masks and np.array_equal(ds.masks, masks)
+    ds.masks[0] = True  # this instance's own copy
+    assert np.array_equal(Shapes(n=20, img_size=24, seed=1).masks, masks)
+    # Every image has an object, and no object fills its image.
+    fraction = masks.mean(axis=(1, 2))
+    assert (fraction > 0.03).all() and (fraction < 0.5).all()
+
+
+def _circle_fraction_analytic(size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    """Share of each pixel's 2x2 sub-pixel centres within ``radius`` of (cx, cy), by hand."""
+    out = np.zeros((size, size))
+    for i in range(size):
+        for j in range(size):
+            for di in (0.25, 0.75):
+                for dj in (0.25, 0.75):
+                    y, x = (i + di) / size, (j + dj) / size
+                    out[i, j] += math.hypot(x - cx, y - cy) <= radius
+    return out / 4
+
+
+def test_coverage_of_hand_placed_shapes() -> None:
+    """A square and a circle placed by hand: the mask is the pixels they cover half of."""
+    f32 = np.float32
+
+    def coverage(label: int, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
+        return shapes_module._coverage(
+            np.array([label]),
+            np.full((1, 1, 1), cx, f32),
+            np.full((1, 1, 1), cy, f32),
+            np.array([radius], f32),
+            np.zeros((1, 1, 1), f32),
+            size,
+        )[0]
+
+    square = SHAPE_CLASSES.index("square")
+    # Half-side 0.65 * radius = 0.25 of the image, centred: pixels 4..11 of 16, fully covered.
+    cov = coverage(square, 0.5, 0.5, 0.25 / 0.65, 16)
+    expected = np.zeros((16, 16))
+    expected[4:12, 4:12] = 1.0
+    assert np.array_equal(cov, expected)
+    # Moved right by half a pixel: columns 4 and 12 are half covered, and in the mask. (The
+    # edges then fall halfway between sub-pixel centres, clear of rounding.)
+    cov = coverage(square, 0.5 + 1 / 32, 0.5, 0.25 / 0.65, 16)
+    expected[4:12, 12] = 0.5
+    expected[4:12, 4] = 0.5
+    assert np.array_equal(cov, expected)
+    mask = cov >= 0.5
+    assert mask[4:12, 4:13].all() and mask.sum() == 8 * 9
+
+    circle = SHAPE_CLASSES.index("circle")
+    cx, cy, r = 0.47, 0.55, 0.3  # the circle's radius is 0.85 * radius
+    cov = coverage(circle, cx, cy, r, 32)
+    hand = _circle_fraction_analytic(32, cx, cy, 0.85 * r)
+    np.testing.assert_array_equal(cov, hand)
+    # Pixel centres well inside / outside the disc are in / out of the mask.
+    yy, xx = (np.mgrid[:32, :32] + 0.5) / 32
+    dist = np.hypot(xx - cx, yy - cy)
+    half_diag = math.sqrt(2) / (4 * 32)
+    assert (cov[dist <= 0.85 * r - half_diag] == 1).all()
+    assert (cov[dist > 0.85 * r + half_diag] == 0).all()
+
+
+class _NoNoise:
+    """A NumPy generator whose pixel noise is zero: images are pure blends of two colours."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def uniform(self, *args, **kwargs):
+        return self.rng.uniform(*args, **kwargs)
+
+    def standard_normal(self, shape, dtype=np.float64):
+        return np.zeros(shape, dtype=dtype)
+
+
+def test_masks_cover_exactly_the_drawn_silhouette_without_noise() -> None:
+    """Without noise each pixel is background + coverage * (colour - background): the mask
+    holds exactly the pixels that are at least half the object's colour."""
+    size = 32
+    labels = np.arange(60) % len(SHAPE_CLASSES)
+    images, masks = shapes_module._draw_chunk(labels, size, _NoNoise(np.random.default_rng(7)))
+    assert masks.dtype == np.bool_ and masks.shape == (60, size, size)
+    for img, mask in zip(images.astype(np.float64), masks, strict=True):
+        pixels = img.reshape(-1, 3)
+        values, counts = np.unique(pixels, axis=0, return_counts=True)
+        background = values[counts.argmax()]  # the object covers under half of the image
+        assert background[0] == background[1] == background[2]  # a grey level
+        object_pixels = ~(pixels == background).all(1)
+        values, counts = np.unique(pixels[object_pixels], axis=0, return_counts=True)
+        colour = values[counts.argmax()]  # the fully covered pixels
+        d = colour - background
+        assert np.linalg.norm(d) > 20
+        t = ((pixels - background) @ d / (d @ d)).reshape(size, size)  # the coverage, rounded
+        levels = np.round(t * 4) / 4
+        assert np.abs(t - levels).max() < 0.05  # 0, 1/4, 1/2, 3/4 or 1 of the colour
+        np.testing.assert_array_equal(mask, levels >= 0.5)
+        assert (levels[~mask] <= 0.25).all() and (levels[mask] >= 0.5).all()
+        assert mask.sum() > 0.9 * (levels == 1).sum() and (levels == 1).sum() > 0
+
+
+def test_masks_match_the_noisy_images() -> None:
+    """On the real images: inside the mask the object's colour, outside the grey background."""
+    from scipy import ndimage
+
+    ds = Shapes(n=200, img_size=32)
+    checked = 0
+    for img, mask in zip(ds.data.astype(np.float64), ds.masks, strict=True):
+        inner, outer = ndimage.binary_erosion(mask), ndimage.binary_dilation(mask)
+        colour, background = np.median(img[inner], 0), np.median(img[~outer], 0)
+        d = colour - background
+        if np.linalg.norm(d) < 100:  # low contrast: the pixel noise blurs the boundary
+            continue
+        checked += 1
+        t = (img - background) @ d / (d @ d)  # 0 on the background, 1 on the object
+        assert np.median(t[mask]) > 0.9 and abs(np.median(t[~mask])) < 0.05
+        assert (t[mask] > 0.25).mean() > 0.97 and (t[~mask] < 0.5).mean() > 0.99
+        assert t[inner].min() > 0.4 and t[~outer].max() < 0.6
+    assert checked > 150
+
+
+def test_mask_area_is_the_shape_area_times_the_mean_squared_radius() -> None:
+    """Mean mask fraction per class = the silhouette's area at unit radius x E[radius^2]."""
+    ds = Shapes(n=2000, img_size=32)
+    labels = np.asarray(ds.targets)
+    mean_r2 = (0.4**3 - 0.24**3) / (3 * (0.4 - 0.24))  # radius ~ U(0.24, 0.4) of the side
+    phi = np.linspace(0, 2 * np.pi, 100_000, endpoint=False)
+    star_r = 0.4 + 0.55 * (0.5 + 0.5 * np.cos(5 * phi)) ** 2
+    area = {
+        "circle": math.pi * 0.85**2,
+        "square": 1.3**2,
+        "triangle": 3 * math.sqrt(3) / 4 * 0.95**2,
+        "cross": 2 * 0.5 * 1.8 - 0.5**2,
+        "ring": math.pi * (0.9**2 - 0.5**2),
+        "star": 0.5 * (star_r**2).mean() * 2 * math.pi,
+    }
+    for k, name in enumerate(SHAPE_CLASSES):
+        measured = ds.masks[labels == k].mean()
+        # Half-covered edge pixels count as object: masks run up to ~7% over the area.
+        assert 0.97 < measured / (area[name] * mean_r2) < 1.1, (name, measured)
