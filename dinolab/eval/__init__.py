@@ -5,7 +5,10 @@
 * :mod:`~dinolab.eval.knn`: official DINO's weighted k-NN classifier, :func:`knn_classify`;
 * :mod:`~dinolab.eval.linear`: a linear probe on frozen features, :func:`train_linear_probe`;
 * :mod:`~dinolab.eval.monitors`: collapse monitors (teacher entropy, KL to the student and to
-  the uniform distribution), feature spread and student-teacher parameter divergence.
+  the uniform distribution), feature spread and student-teacher parameter divergence;
+* :mod:`~dinolab.eval.attention`: the DINO paper's attention metric (CLS attention thresholded
+  to 60% of its mass, Jaccard with object masks, :func:`attention_jaccard`), its centre-prior
+  baseline, and DINOv2-style PCA colours of patch features (:func:`pca_colors`).
 
 Examples:
     >>> import torch
@@ -17,6 +20,20 @@ Examples:
 
 from __future__ import annotations
 
+from dinolab.eval.attention import (
+    AttentionJaccard,
+    attention_jaccard,
+    centre_prior,
+    centre_prior_jaccard,
+    cls_attention,
+    cls_to_patch_attention,
+    jaccard,
+    map_jaccard,
+    patch_features,
+    pca_colors,
+    threshold_attention,
+    upsample_patches,
+)
 from dinolab.eval.features import extract_features
 from dinolab.eval.knn import knn_accuracy, knn_classify, knn_votes
 from dinolab.eval.linear import LinearClassifier, LinearProbeResult, train_linear_probe
@@ -47,4 +64,16 @@ __all__ = [
     "CosineSpread",
     "cosine_spread",
     "feature_std",
+    "AttentionJaccard",
+    "attention_jaccard",
+    "centre_prior",
+    "centre_prior_jaccard",
+    "cls_attention",
+    "cls_to_patch_attention",
+    "jaccard",
+    "map_jaccard",
+    "patch_features",
+    "pca_colors",
+    "threshold_attention",
+    "upsample_patches",
 ]
