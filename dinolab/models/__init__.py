@@ -1,5 +1,7 @@
 """Networks: ViT and ResNet backbones, the DINO head, multi-crop and student-teacher wrappers,
-the knowledge-distillation CNNs, and loading of official DINO / DINOv2 checkpoints.
+the knowledge-distillation CNNs, and loading of official DINO / DINOv2 checkpoints and of
+dinolab's own (:func:`load_backbone`: the trained backbone of any of them, built as the file
+says).
 
 Examples:
     >>> import torch
@@ -19,8 +21,12 @@ from typing import Any
 import torch.nn as nn
 
 from dinolab.models.checkpoints import (
+    LoadedBackbone,
+    backbone_from_checkpoint,
     infer_dino_head_options,
     infer_vit_options,
+    is_dinolab_checkpoint,
+    load_backbone,
     load_pretrained,
     read_checkpoint,
 )
@@ -55,6 +61,10 @@ __all__ = [
     "build_backbone",
     "count_parameters",
     "interpolate_pos_embed",
+    "LoadedBackbone",
+    "backbone_from_checkpoint",
+    "is_dinolab_checkpoint",
+    "load_backbone",
     "load_pretrained",
     "infer_vit_options",
     "infer_dino_head_options",

@@ -20,6 +20,11 @@ exactly as the ViT does at run time (:func:`dinolab.models.vit.interpolate_pos_e
 A DINO v1 file leaves only ``mask_token`` missing in a dinolab ViT, and returns its ``head.*``
 keys as unexpected.
 
+:func:`load_backbone` goes one step further: it builds the backbone too, as the file says (a
+dinolab training checkpoint from the settings it saved, any other file from its tensors), from
+one read of the file; :func:`backbone_from_checkpoint` does the same from a file already read,
+with the DINO head saved beside the backbone if asked.
+
 Examples:
     >>> from dinolab.models import vit_small
     >>> model = vit_small(patch_size=16)
@@ -38,6 +43,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,10 @@ from dinolab.ema import unwrap_model
 from dinolab.models.vit import interpolate_pos_embed
 
 __all__ = [
+    "LoadedBackbone",
+    "backbone_from_checkpoint",
+    "is_dinolab_checkpoint",
+    "load_backbone",
     "load_pretrained",
     "read_checkpoint",
     "infer_vit_options",
@@ -67,8 +77,12 @@ _WEIGHT_NORM_NAMES = {
 }
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> object:
+def read_checkpoint(path: str | os.PathLike[str], who: str = "load_pretrained") -> object:
     """``torch.load`` a file on the CPU with ``weights_only=True``, with clear errors.
+
+    Args:
+        path: the file.
+        who: the function named at the start of error messages.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -77,7 +91,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> object:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"load_pretrained: no checkpoint file at {str(p)!r}")
+        raise FileNotFoundError(f"{who}: no checkpoint file at {str(p)!r}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(p, map_location="cpu", weights_only=True)
@@ -87,30 +101,28 @@ def read_checkpoint(path: str | os.PathLike[str]) -> object:
         refused = [line for line in str(err).splitlines() if "Unsupported global" in line]
         if refused:
             raise ValueError(
-                f"load_pretrained: {str(p)!r} stores Python objects other than tensors and "
+                f"{who}: {str(p)!r} stores Python objects other than tensors and "
                 "plain containers, which weights_only loading refuses "
                 f"({refused[0].strip()[:200]}). If you trust the file, extract its state dict "
                 "with torch.load(..., weights_only=False) and save that."
             ) from err
         raise ValueError(
-            f"load_pretrained: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
+            f"{who}: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
             f"(UnpicklingError)"
         ) from err
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on bad files
         raise ValueError(
-            f"load_pretrained: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
+            f"{who}: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
             f"({type(err).__name__}: {str(err)[:200]})"
         ) from err
 
 
 def _select_state_dict(
-    obj: object, checkpoint_key: str | None, path: str
+    obj: object, checkpoint_key: str | None, path: str, who: str = "load_pretrained"
 ) -> dict[str, torch.Tensor]:
     """Find the tensors of a loaded file: under ``checkpoint_key``, "model", "state_dict"."""
     if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"load_pretrained: {path!r} holds a {type(obj).__name__}, not a state dict"
-        )
+        raise ValueError(f"{who}: {path!r} holds a {type(obj).__name__}, not a state dict")
     if checkpoint_key is not None and isinstance(obj.get(checkpoint_key), Mapping):
         obj = obj[checkpoint_key]
     else:
@@ -121,7 +133,7 @@ def _select_state_dict(
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(
-            f"load_pretrained: found no tensors in {path!r} under checkpoint_key="
+            f"{who}: found no tensors in {path!r} under checkpoint_key="
             f"{checkpoint_key!r}, 'model' or 'state_dict'; its keys are {list(obj)[:10]}"
         )
     return tensors
@@ -194,7 +206,12 @@ def infer_vit_options(
             (DINOv2 ViT-g: ``mlp.w12`` / ``mlp.w3``), which dinolab's ViT does not implement.
     """
     path_str = str(path)
-    state = _backbone_tensors(_select_state_dict(read_checkpoint(path), checkpoint_key, path_str))
+    state = _select_state_dict(read_checkpoint(path), checkpoint_key, path_str)
+    return _vit_options(_backbone_tensors(state), path_str)
+
+
+def _vit_options(state: Mapping[str, torch.Tensor], path_str: str) -> dict[str, Any]:
+    """:func:`infer_vit_options` of backbone tensors already read (``_backbone_tensors``)."""
     proj = state.get("patch_embed.proj.weight")
     if proj is None or proj.ndim != 4:
         return {}
@@ -229,7 +246,11 @@ def infer_dino_head_options(
         ``nlayers`` from the MLP's Linear weights, ``hidden_dim`` from the first of them,
         ``use_bn`` from BatchNorm statistics.
     """
-    state = _select_state_dict(read_checkpoint(path), checkpoint_key, str(path))
+    return _head_options(_select_state_dict(read_checkpoint(path), checkpoint_key, str(path)))
+
+
+def _head_options(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """:func:`infer_dino_head_options` of tensors already read."""
     plain = {_unwrap(key): value for key, value in state.items()}
     for prefix in ("head.", "dino_head."):
         last = plain.get(f"{prefix}last_layer.weight_v")
@@ -311,6 +332,18 @@ def load_pretrained(
     """
     path_str = str(path)
     state = _select_state_dict(read_checkpoint(path), checkpoint_key, path_str)
+    return _load_state(model, state, path_str, allow_missing, stacklevel=3)
+
+
+def _load_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path_str: str,
+    allow_missing: Sequence[str] | None,
+    who: str = "load_pretrained",
+    stacklevel: int = 2,
+) -> tuple[list[str], list[str]]:
+    """:func:`load_pretrained` of tensors already read (``_select_state_dict``)."""
     target = unwrap_model(model)
     model_state = target.state_dict()
 
@@ -325,7 +358,7 @@ def load_pretrained(
             continue
         if model_key in source_of:
             raise ValueError(
-                f"load_pretrained: file keys {source_of[model_key]!r} and {file_key!r} in "
+                f"{who}: file keys {source_of[model_key]!r} and {file_key!r} in "
                 f"{path_str!r} both map to model key {model_key!r}"
             )
         want = model_state[model_key]
@@ -341,14 +374,14 @@ def load_pretrained(
         source_of[model_key] = file_key
     if mismatches:
         raise ValueError(
-            f"load_pretrained: {len(mismatches)} tensor(s) of {path_str!r} have another shape "
+            f"{who}: {len(mismatches)} tensor(s) of {path_str!r} have another shape "
             f"than the model's: {'; '.join(mismatches[:5])}"
             + (" ..." if len(mismatches) > 5 else "")
             + ". Check arch, patch_size and embed_dim."
         )
     if not matched:
         raise ValueError(
-            f"load_pretrained: no key of {path_str!r} matches the model (foreign checkpoint?). "
+            f"{who}: no key of {path_str!r} matches the model (foreign checkpoint?). "
             f"File keys: {list(state)[:5]}; model keys: {list(model_state)[:5]}"
         )
     if allow_missing is not None:
@@ -367,7 +400,7 @@ def load_pretrained(
                 "(num_register_tokens), or the checkpoint key."
             )
             raise ValueError(
-                f"load_pretrained: {path_str!r} has no tensor for {len(absent)} of the "
+                f"{who}: {path_str!r} has no tensor for {len(absent)} of the "
                 f"model's {len(model_state)} keys, e.g. {absent[:5]}: they would stay at their "
                 f"random initialisation.{hint}"
             )
@@ -376,9 +409,397 @@ def load_pretrained(
              if not _strip(_strip(k, "module."), "backbone.").startswith(_EXPECTED_LEFTOVERS)]
     if stray:
         warnings.warn(
-            f"load_pretrained: {len(stray)} key(s) of {path_str!r} have no place in the model, "
+            f"{who}: {len(stray)} key(s) of {path_str!r} have no place in the model, "
             f"e.g. {stray[:5]}; the architecture may differ (LayerScale init_values? "
             "num_register_tokens?)",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return list(result.missing_keys), unexpected
+
+
+# ``dinolab.train.checkpoint.CHECKPOINT_FORMAT``, the marker of dinolab's own training
+# checkpoints, and its version (repeated here because the library's layers import downwards
+# only: train imports models, not the reverse; a test keeps them equal).
+_DINOLAB_FORMAT = "dinolab-checkpoint"
+_DINOLAB_VERSION = 1  # dinolab.train.checkpoint.CHECKPOINT_VERSION
+# (embed_dim, depth, num_heads) of the named ViTs, as the recipes build them (``--arch``,
+# overridden by ``--embed_dim`` / ``--depth`` / ``--num_heads``).
+_VIT_SIZES = {
+    "vit_course": (128, 4, 4),
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+}
+# Everything a complete backbone may lack from a file: DINO v1 has no iBOT mask token, and
+# BatchNorm's step counters are not weights.
+_MAY_LACK = ["mask_token", "num_batches_tracked"]
+
+
+def is_dinolab_checkpoint(checkpoint: object) -> bool:
+    """Whether a loaded file is a dinolab training checkpoint (``dinolab train ...``)."""
+    return isinstance(checkpoint, Mapping) and checkpoint.get("format") == _DINOLAB_FORMAT
+
+
+@dataclass
+class LoadedBackbone:
+    """A network built from a checkpoint by :func:`backbone_from_checkpoint`.
+
+    Attributes:
+        backbone: the backbone with the file's weights, in eval mode ([B, 3, H, W] -> [B, D]).
+        head: the DINO head saved beside it (asked for with ``with_head=True`` and present in
+            the file), in eval mode; else None.
+        out_dim: the head's ``K``, or None without a head.
+        source: ``"dinolab"`` (a dinolab training checkpoint) or ``"official"`` (any other
+            layout: official DINO / DINOv2 files, bare state dicts).
+        recipe: the recipe that wrote a dinolab checkpoint (``"dino"``, ``"distill"``...).
+        args: the training settings a dinolab checkpoint saved (``{}`` for other files).
+    """
+
+    backbone: nn.Module
+    head: nn.Module | None = None
+    out_dim: int | None = None
+    source: str = "official"
+    recipe: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _resnet_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The torchvision ResNet whose block type and blocks per stage the tensors show."""
+    from dinolab.models.resnet import RESNET_ARCHS
+
+    bottleneck = "layer1.0.conv3.weight" in state
+    counts = []
+    for stage in range(1, 5):
+        found = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        counts.append(len(found))
+    for name, (block, layers) in RESNET_ARCHS.items():
+        if layers == counts and (block.expansion == 4) == bottleneck:
+            return name
+    return None
+
+
+def _check_which(which: object) -> str:
+    if not isinstance(which, str) or not which:
+        raise ValueError(
+            f"load_backbone: which={which!r} must name an entry of the checkpoint: 'teacher' "
+            "or 'student'"
+        )
+    return which
+
+
+def _dinolab_backbone(
+    ckpt: Mapping[str, Any],
+    which: str,
+    where: str,
+    arch: str | None,
+    patch_size: int | None,
+    num_heads: int | None,
+    img_size: int | None,
+    with_head: bool,
+) -> LoadedBackbone:
+    """Build and fill the ``which`` backbone of a dinolab checkpoint from its saved settings."""
+    from dinolab.models.heads import DINOHead
+    from dinolab.models.resnet import RESNET_ARCHS, ResNetBackbone
+    from dinolab.models.vit import VisionTransformer
+
+    recipe = ckpt.get("recipe")
+    args = dict(ckpt.get("args") or {})
+    entries = [str(k) for k in ckpt]
+    if int(ckpt.get("version", 1)) > _DINOLAB_VERSION:
+        raise ValueError(
+            f"load_backbone: {where!r} has format version {ckpt.get('version')}, newer than "
+            f"this dinolab's {_DINOLAB_VERSION}; upgrade dinolab to read it"
+        )
+    entry = ckpt.get(which)
+    if not isinstance(entry, Mapping):
+        raise ValueError(
+            f"load_backbone: {where!r} has no {which!r} entry; expected 'teacher' or "
+            f"'student' (the checkpoint's entries: {entries})"
+        )
+    if recipe == "distill" and which == "teacher":
+        raise ValueError(
+            f"load_backbone: {where!r} is a distill checkpoint: its teacher is the frozen input "
+            "model, whose architecture it does not record; load the student "
+            "(which='student') or the teacher's own file "
+            f"({args.get('teacher_pretrained_weights')!r})"
+        )
+    prefix = "backbone."
+    state = {
+        _unwrap(k)[len(prefix):]: v
+        for k, v in entry.items()
+        if isinstance(k, str) and _unwrap(k).startswith(prefix) and isinstance(v, torch.Tensor)
+    }
+    if not state:
+        raise ValueError(
+            f"load_backbone: {where!r} has no backbone under {which!r} (no 'backbone.*' "
+            f"tensors; its keys: {[str(k) for k in entry][:10]}); a dinolab checkpoint of a "
+            f"{recipe!r} run. Its entries: {entries}"
+        )
+    saved_arch = args.get("arch")
+    if arch is not None and arch != saved_arch:
+        raise ValueError(
+            f"load_backbone: arch={arch!r} contradicts {where!r}, a dinolab checkpoint of a "
+            f"{saved_arch!r}; leave arch unset (a dinolab checkpoint records its architecture)"
+        )
+    backbone: nn.Module
+    if saved_arch in _VIT_SIZES:
+        default = _VIT_SIZES[saved_arch]
+        dim = args.get("embed_dim") or default[0]
+        depth = args.get("depth") or default[1]
+        heads = args.get("num_heads") or default[2]
+        saved_patch = args.get("patch_size")
+        proj = state.get("patch_embed.proj.weight")
+        if saved_patch is None and proj is not None:
+            saved_patch = int(proj.shape[-1])
+        for name, given, saved in (("patch_size", patch_size, saved_patch),
+                                   ("num_heads", num_heads, heads)):
+            if given is not None and given != saved:
+                raise ValueError(
+                    f"load_backbone: {name}={given!r} contradicts {where!r}, a dinolab "
+                    f"checkpoint of a {saved_arch} with {name} {saved!r}; leave it unset (a "
+                    "dinolab checkpoint records its architecture)"
+                )
+        size = img_size or args.get("global_crops_size") or 224
+        backbone = VisionTransformer(img_size=size, patch_size=saved_patch or 16, embed_dim=dim,
+                                     depth=depth, num_heads=heads)
+        pos = state.get("pos_embed")
+        if pos is not None and pos.shape != backbone.pos_embed.shape:
+            resized = _fit_pos_embed(pos, backbone.pos_embed)
+            state["pos_embed"] = resized if resized is not None else pos
+    elif saved_arch in RESNET_ARCHS:
+        conv1 = state.get("conv1.weight")
+        small = conv1 is not None and conv1.shape[-1] == 3
+        backbone = ResNetBackbone(saved_arch, small_input=small)
+    else:
+        raise ValueError(
+            f"load_backbone: {where!r} records arch={saved_arch!r}, which this dinolab does "
+            f"not build; expected one of {[*_VIT_SIZES, *RESNET_ARCHS]}"
+        )
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"load_backbone: the {which} backbone of {where!r} does not fit the {saved_arch} "
+            f"its settings describe: {str(err).splitlines()[0][:300]}"
+        ) from None
+    head = out_dim = None
+    if with_head:
+        found = _head_options({k: v for k, v in entry.items() if isinstance(v, torch.Tensor)})
+        if found is not None:
+            head_prefix, head_kw = found
+            head = DINOHead(backbone.embed_dim, **head_kw)
+            head_state = {
+                _unwrap(k)[len(head_prefix):]: v
+                for k, v in entry.items()
+                if _unwrap(k).startswith(head_prefix)
+            }
+            try:
+                head.load_state_dict(head_state)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"load_backbone: the {which} head of {where!r} does not fit a DINOHead "
+                    f"{head_kw}: {str(err).splitlines()[0][:300]}"
+                ) from None
+            head.eval()
+            out_dim = head_kw["out_dim"]
+    backbone.eval()
+    return LoadedBackbone(backbone, head, out_dim, "dinolab", recipe, args)
+
+
+def _official_backbone(
+    obj: object,
+    which: str,
+    where: str,
+    arch: str | None,
+    patch_size: int | None,
+    num_heads: int | None,
+    img_size: int | None,
+    with_head: bool,
+) -> LoadedBackbone:
+    """Build a backbone from what an official (or bare) file's tensors say, then fill it."""
+    from dinolab.models import build_backbone
+    from dinolab.models.heads import DINOHead
+    from dinolab.models.resnet import RESNET_ARCHS, ResNetBackbone
+    from dinolab.models.vit import VisionTransformer
+
+    who = "load_backbone"
+    state = _select_state_dict(obj, which, where, who)
+    tensors = _backbone_tensors(state)
+    backbone: nn.Module
+    if "patch_embed.proj.weight" in tensors:
+        found = _vit_options(tensors, where)
+        patch = int(found["patch_size"])
+        if patch_size is not None and patch_size != patch:
+            raise ValueError(
+                f"{who}: patch_size={patch_size!r} contradicts {where!r}, whose patch "
+                f"embedding has {patch}-px patches"
+            )
+        extra = {k: found[k] for k in ("init_values", "num_register_tokens") if k in found}
+        pos = tensors.get("pos_embed")
+        grid = math.isqrt(max(int(pos.shape[1]) - 1, 0)) if pos is not None and pos.ndim == 3 else 0
+        size = img_size or (grid * patch if grid else 224)
+        name = arch or found.get("arch")
+        if name is not None:
+            if name not in _VIT_SIZES:
+                raise ValueError(
+                    f"{who}: arch={name!r} is no ViT, but {where!r} holds one (a patch "
+                    f"embedding); expected one of {list(_VIT_SIZES)}"
+                )
+            if num_heads is not None and num_heads != _VIT_SIZES[name][2]:
+                raise ValueError(
+                    f"{who}: num_heads={num_heads!r} contradicts arch {name!r} "
+                    f"({_VIT_SIZES[name][2]} heads)"
+                )
+            # The named size, complete or refused: missing blocks are an error, not random.
+            backbone = build_backbone(name, patch_size=patch, img_size=size, **extra)
+        else:
+            if num_heads is None:
+                raise ValueError(
+                    f"{who}: {where!r} holds a ViT of width {found['embed_dim']}, none of the "
+                    f"official sizes ({', '.join(f'{d} {n}' for d, n in _VIT_WIDTHS.items())}), "
+                    "so the file does not tell its number of attention heads: pass arch= or "
+                    "num_heads="
+                )
+            blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))}
+            fc1 = tensors.get("blocks.0.mlp.fc1.weight")
+            dim = int(found["embed_dim"])
+            backbone = VisionTransformer(
+                img_size=size,
+                patch_size=patch,
+                embed_dim=dim,
+                depth=max(blocks, default=0) + 1,
+                num_heads=num_heads,
+                mlp_ratio=int(fc1.shape[0]) / dim if fc1 is not None else 4.0,
+                qkv_bias="blocks.0.attn.qkv.bias" in tensors,
+                **extra,
+            )
+    elif "conv1.weight" in tensors and "layer1.0.conv1.weight" in tensors:
+        name = arch or _resnet_arch(tensors)
+        if name not in RESNET_ARCHS:
+            raise ValueError(
+                f"{who}: {where!r} holds a ResNet of none of the torchvision sizes "
+                f"{list(RESNET_ARCHS)}" + (f" (arch={arch!r})" if arch else "")
+            )
+        backbone = ResNetBackbone(name, small_input=tensors["conv1.weight"].shape[-1] == 3)
+    else:
+        raise ValueError(
+            f"{who}: {where!r} has no backbone under {which!r}: no ViT patch embedding "
+            f"(patch_embed.proj.weight) and no ResNet stem (conv1.weight). Its keys: "
+            f"{list(state)[:10]}"
+        )
+    head = out_dim = None
+    saved_head = _head_options(state) if with_head else None
+    if saved_head is not None:
+        head_prefix, head_kw = saved_head
+        head = DINOHead(backbone.embed_dim, **head_kw)
+        holder = nn.Module()  # backbone.* and head.* / dino_head.*, as the file names them
+        holder.add_module("backbone", backbone)
+        holder.add_module(head_prefix.rstrip("."), head)
+        _load_state(holder, state, where, _MAY_LACK, who, stacklevel=4)
+        head.eval()
+        out_dim = head_kw["out_dim"]
+    else:
+        _load_state(backbone, state, where, _MAY_LACK, who, stacklevel=4)
+    backbone.eval()
+    return LoadedBackbone(backbone, head, out_dim, "official", None, {})
+
+
+def backbone_from_checkpoint(
+    checkpoint: object,
+    which: str = "teacher",
+    *,
+    arch: str | None = None,
+    patch_size: int | None = None,
+    num_heads: int | None = None,
+    img_size: int | None = None,
+    with_head: bool = False,
+    path: str | os.PathLike[str] = "<checkpoint>",
+) -> LoadedBackbone:
+    """:func:`load_backbone` of a file already read (:func:`read_checkpoint`), with extras.
+
+    For callers that look at the file themselves (its recipe, its settings) and must not
+    read it twice; ``with_head=True`` also builds the DINO head saved beside the backbone.
+
+    Args:
+        checkpoint: what :func:`read_checkpoint` returned.
+        which, arch, patch_size, num_heads, img_size: as :func:`load_backbone`.
+        with_head: also build and fill the DINO head of the same entry (``head.`` in dinolab
+            and DINO v1 checkpoints, ``dino_head.`` in DINOv2's), when the file has one.
+        path: the file's name, for error messages.
+
+    Returns:
+        A :class:`LoadedBackbone`: the backbone (eval mode), the head or None, ``out_dim``,
+        and for dinolab checkpoints the recipe and settings they saved.
+    """
+    which = _check_which(which)
+    where = str(path)
+    build = _dinolab_backbone if is_dinolab_checkpoint(checkpoint) else _official_backbone
+    return build(checkpoint, which, where, arch, patch_size, num_heads, img_size, with_head)
+
+
+def load_backbone(
+    path: str | os.PathLike[str],
+    which: str = "teacher",
+    *,
+    arch: str | None = None,
+    patch_size: int | None = None,
+    num_heads: int | None = None,
+    img_size: int | None = None,
+) -> nn.Module:
+    """The backbone of a training checkpoint or pretrained file, built as the file says.
+
+    The file is read once, with ``weights_only=True`` (:func:`read_checkpoint`), and the
+    architecture comes from it:
+
+    * a dinolab training checkpoint (``dinolab train dino``, ``distill``...): from the
+      settings it saved (``arch``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
+      ``global_crops_size``); its ``backbone.*`` tensors must fit them exactly. A distill
+      checkpoint's teacher is the frozen input model, which it does not describe: load its
+      student, or the teacher's own file;
+    * any other file (official DINO / DINOv2 training checkpoints and released backbones,
+      bare state dicts): from its tensors, as :func:`infer_vit_options` reads them (width,
+      patch size, DINOv2's LayerScale and registers; a ResNet's depth from its stages). A
+      width of an official size (192, 384, 768, 1024) names the ViT, which must then be
+      complete: a file that would leave part of it random is refused.
+
+    Args:
+        path: the ``.pth`` file.
+        which: the entry of a training checkpoint: ``"teacher"`` (official DINO's choice for
+            evaluation) or ``"student"``. A file without that entry (a released backbone) is
+            used as it is.
+        arch: the architecture, for a file whose tensors do not tell it (a ViT of another
+            width); must agree with the file otherwise.
+        patch_size: must agree with the file's patch embedding when given.
+        num_heads: attention heads, the one thing a state dict cannot show: needed only for
+            a ViT of a width that is no official size, outside dinolab checkpoints.
+        img_size: the resolution the position embeddings are resized to once here (None: the
+            file's own; the ViT resizes them to any input size at run time anyway).
+
+    Returns:
+        The backbone in eval mode, on the CPU: ``[B, 3, H, W] -> [B, D]``, with
+        ``embed_dim`` (and ``patch_size`` for a ViT).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is unreadable; it holds no backbone under ``which`` (the error
+            names the keys found); it lacks the ``which`` entry (dinolab checkpoints); the
+            backbone is incomplete or contradicts ``arch`` / ``patch_size`` / ``num_heads``.
+
+    Examples:
+        >>> backbone = load_backbone("runs/dino/checkpoint.pth")  # doctest: +SKIP
+        >>> backbone(images).shape                                # doctest: +SKIP
+        torch.Size([8, 128])
+    """
+    which = _check_which(which)
+    checkpoint = read_checkpoint(path, who="load_backbone")
+    loaded = backbone_from_checkpoint(
+        checkpoint,
+        which,
+        arch=arch,
+        patch_size=patch_size,
+        num_heads=num_heads,
+        img_size=img_size,
+        path=path,
+    )
+    return loaded.backbone

@@ -269,3 +269,254 @@ def test_infer_dino_head_options_from_v1_and_v2_checkpoints(tmp_path):
     )
     torch.save(vit().state_dict(), tmp_path / "bare.pth")
     assert infer_dino_head_options(tmp_path / "bare.pth") is None
+
+
+# --- load_backbone: the backbone of any checkpoint, built as the file says, read once --------
+
+
+@pytest.fixture(scope="module")
+def dino_run(tmp_path_factory):
+    """A real 1-epoch `dinolab train dino` checkpoint: ViT of width 32, 2 blocks, 2 heads."""
+    from dinolab.train.recipes.dino import DINOConfig, train_dino
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("dino")
+    try:
+        train_dino(DINOConfig(output_dir=str(out), epochs=1, warmup_epochs=0, batch_size_per_gpu=4,
+                              num_images=16, num_eval_images=8, local_crops_number=2, out_dim=64,
+                              head_hidden_dim=32, head_bottleneck_dim=16, embed_dim=32, depth=2,
+                              num_heads=2, knn_k=5, progress=False, plots=False, device="cpu"))
+    finally:
+        torch.set_num_threads(previous)
+    return out / "checkpoint.pth"
+
+
+class CountingLoad:
+    """Stands in for torch.load and counts the files read."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.load = torch.load
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.load(*args, **kwargs)
+
+
+def test_dinolab_and_train_agree_on_the_checkpoint_marker_and_vit_sizes():
+    from dinolab.models import checkpoints
+    from dinolab.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from dinolab.train.recipes import dino
+
+    assert checkpoints._DINOLAB_FORMAT == CHECKPOINT_FORMAT
+    assert checkpoints._DINOLAB_VERSION == CHECKPOINT_VERSION
+    assert checkpoints._VIT_SIZES == dino._VIT_SIZES
+
+
+def test_load_backbone_of_a_dino_run_is_its_teacher(dino_run, monkeypatch):
+    from dinolab.models import load_backbone
+    from dinolab.train.checkpoint import load_checkpoint
+    from dinolab.train.recipes.dino import DINOConfig, build_student
+
+    ckpt = load_checkpoint(dino_run)
+    nets = {}
+    for which in ("teacher", "student"):
+        net = build_student(DINOConfig.from_args(ckpt["args"]))
+        net.load_state_dict(ckpt[which])
+        nets[which] = net.backbone.eval()
+    counter = CountingLoad()
+    monkeypatch.setattr(torch, "load", counter)
+    backbone = load_backbone(dino_run)
+    assert counter.calls == 1  # the file is read once
+    assert not backbone.training and backbone.embed_dim == 32 and len(backbone.blocks) == 2
+    assert backbone.num_heads == 2 and backbone.patch_size == 8
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(backbone(x), nets["teacher"](x))
+        assert torch.equal(backbone.get_last_selfattention(x),
+                           nets["teacher"].get_last_selfattention(x))
+        student = load_backbone(dino_run, which="student")
+        assert torch.equal(student(x), nets["student"](x))
+        assert not torch.equal(student(x), backbone(x))
+        # Position embeddings built for another size once, here: the same outputs at 16 px.
+        small = load_backbone(dino_run, img_size=16)
+        assert small.pos_embed.shape == (1, 5, 32)
+        torch.testing.assert_close(small(x[..., :16, :16]), backbone(x[..., :16, :16]))
+    # The settings it was trained with, agreed with, are fine; contradicted, an error.
+    load_backbone(dino_run, arch="vit_course", patch_size=8, num_heads=2)
+    with pytest.raises(ValueError, match="patch_size=4 contradicts .* leave it unset"):
+        load_backbone(dino_run, patch_size=4)
+    with pytest.raises(ValueError, match="arch='vit_small' contradicts"):
+        load_backbone(dino_run, arch="vit_small")
+    with pytest.raises(ValueError, match="num_heads=4 contradicts"):
+        load_backbone(dino_run, num_heads=4)
+    with pytest.raises(ValueError, match=r"has no 'ema' entry; expected 'teacher' or 'student'"):
+        load_backbone(dino_run, which="ema")
+
+
+def test_backbone_from_checkpoint_brings_the_head_and_the_settings(dino_run):
+    from dinolab.models import backbone_from_checkpoint, is_dinolab_checkpoint, read_checkpoint
+    from dinolab.train.recipes.dino import DINOConfig, build_student
+
+    ckpt = read_checkpoint(dino_run)
+    assert is_dinolab_checkpoint(ckpt) and not is_dinolab_checkpoint({"teacher": {}})
+    loaded = backbone_from_checkpoint(ckpt, with_head=True, path=dino_run)
+    assert loaded.source == "dinolab" and loaded.recipe == "dino" and loaded.out_dim == 64
+    assert loaded.args["global_crops_size"] == 32 and not loaded.head.training
+    teacher = build_student(DINOConfig.from_args(ckpt["args"]))
+    teacher.load_state_dict(ckpt["teacher"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.head(loaded.backbone(x)), teacher.eval()([x]),
+                                   rtol=0, atol=0)
+    assert backbone_from_checkpoint(ckpt).head is None  # only when asked for
+
+
+def test_load_backbone_of_a_distill_run_is_its_student(dino_run, tmp_path):
+    from dinolab.models import load_backbone
+    from dinolab.train.checkpoint import load_checkpoint
+    from dinolab.train.recipes.distill import DistillConfig, DistillStudent, train_distill
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_distill(DistillConfig(
+            output_dir=str(tmp_path), epochs=1, warmup_epochs=0, embed_dim=16, depth=1,
+            num_heads=2, teacher_pretrained_weights=str(dino_run), linear_probe_epochs=0,
+            batch_size_per_gpu=4, num_images=16, num_eval_images=8, local_crops_number=2,
+            head_hidden_dim=32, head_bottleneck_dim=16, knn_k=5, progress=False, plots=False,
+            device="cpu"))
+    finally:
+        torch.set_num_threads(previous)
+    path = tmp_path / "checkpoint.pth"
+    student = load_backbone(path, which="student")
+    assert student.embed_dim == 16 and len(student.blocks) == 1
+    saved = load_checkpoint(path)["student"]
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, saved[f"backbone.{k}"]), k
+    assert not isinstance(student, DistillStudent)
+    with pytest.raises(ValueError, match="is a distill checkpoint: its teacher is the frozen"):
+        load_backbone(path)
+
+
+def test_load_backbone_of_a_dinolab_resnet_checkpoint(tmp_path):
+    from dinolab.models import load_backbone
+    from dinolab.train.checkpoint import save_checkpoint
+
+    source = ResNetBackbone("resnet18", small_input=True).eval()
+    with torch.no_grad():
+        for m in source.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+    save_checkpoint(tmp_path / "r.pth", {
+        "teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()},
+        "student": {}, "epoch": 1, "step": 4, "recipe": "dino",
+        "args": {"arch": "resnet18", "global_crops_size": 32},
+    })
+    backbone = load_backbone(tmp_path / "r.pth")
+    assert isinstance(backbone, ResNetBackbone) and backbone.small_input and not backbone.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(backbone(x), source(x))
+
+
+def test_load_backbone_of_official_layouts(tmp_path, monkeypatch):
+    from dinolab.models import backbone_from_checkpoint, load_backbone, read_checkpoint, vit_tiny
+
+    # DINO v1's main_dino.py checkpoint (width 16: not an official size, so num_heads given).
+    ckpt = dino_v1_training_checkpoint()
+    torch.save(ckpt, tmp_path / "v1.pth")
+    counter = CountingLoad()
+    monkeypatch.setattr(torch, "load", counter)
+    backbone = load_backbone(tmp_path / "v1.pth", num_heads=2)
+    assert counter.calls == 1
+    assert_backbone_equal(backbone, ckpt["teacher"], "backbone.")
+    student = load_backbone(tmp_path / "v1.pth", which="student", num_heads=2)
+    assert_backbone_equal(student, ckpt["student"], "module.backbone.")
+    reference = vit()
+    load_pretrained(reference, tmp_path / "v1.pth")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(backbone(x), reference.eval()(x))
+    loaded = backbone_from_checkpoint(read_checkpoint(tmp_path / "v1.pth"), num_heads=2,
+                                      with_head=True)
+    assert loaded.source == "official" and loaded.out_dim == 10 and loaded.args == {}
+    assert torch.equal(loaded.head.last_layer.weight_v, ckpt["teacher"]["head.last_layer.weight_v"])
+    with pytest.raises(ValueError, match="width 16, none of the official sizes .* num_heads="):
+        load_backbone(tmp_path / "v1.pth")
+
+    # A DINOv2 teacher checkpoint: chunked blocks, LayerScale, pos_embed of a 6x6 grid kept.
+    source = vit(img_size=24, init_values=1e-5)
+    with torch.no_grad():
+        for blk in source.blocks:
+            blk.ls1.gamma.normal_()
+    state = {f"backbone.{k}".replace(f"blocks.{k[7:8]}.", f"blocks.{k[7:8]}.{k[7:8]}.")
+             if k.startswith("blocks.") else f"backbone.{k}": v
+             for k, v in source.state_dict().items()}
+    assert "backbone.blocks.1.1.ls1.gamma" in state
+    torch.save({"teacher": state | head_state("dino_head.")}, tmp_path / "teacher_checkpoint.pth")
+    counter.calls = 0
+    backbone = load_backbone(tmp_path / "teacher_checkpoint.pth", num_heads=2)
+    assert counter.calls == 1
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(backbone.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+    # A released backbone of an official width: the architecture is the file's alone.
+    tiny = vit_tiny(patch_size=16, img_size=32, num_register_tokens=2)
+    torch.save({k: v for k, v in tiny.state_dict().items() if k != "mask_token"},
+               tmp_path / "tiny.pth")
+    backbone = load_backbone(tmp_path / "tiny.pth")
+    assert backbone.embed_dim == 192 and backbone.num_heads == 3 and backbone.patch_size == 16
+    assert backbone.num_register_tokens == 2 and backbone.img_size == 32
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(backbone(x), tiny.eval()(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="patch_size=8 contradicts .* 16-px patches"):
+        load_backbone(tmp_path / "tiny.pth", patch_size=8)
+    # Half its blocks missing: refused, instead of six random blocks.
+    half = {k: v for k, v in tiny.state_dict().items()
+            if not any(k.startswith(f"blocks.{i}.") for i in range(6, 12))}
+    torch.save(half, tmp_path / "half.pth")
+    with pytest.raises(ValueError, match=r"load_backbone: .* no tensor for \d+ .* random"):
+        load_backbone(tmp_path / "half.pth")
+
+    # A torchvision ResNet with its classifier: depth and block type read from the stages.
+    r50 = ResNetBackbone("resnet50").eval()
+    torch.save(r50.state_dict() | {"fc.weight": torch.randn(5, 2048), "fc.bias": torch.zeros(5)},
+               tmp_path / "r50.pth")
+    backbone = load_backbone(tmp_path / "r50.pth")
+    assert isinstance(backbone, ResNetBackbone) and backbone.arch == "resnet50"
+    assert not backbone.small_input
+    with torch.no_grad():
+        assert torch.equal(backbone(torch.ones(1, 3, 64, 64)), r50(torch.ones(1, 3, 64, 64)))
+
+
+def test_load_backbone_refuses_checkpoints_without_a_backbone(tmp_path):
+    from dinolab.models import load_backbone
+    from dinolab.train.checkpoint import save_checkpoint
+
+    # A dinolab checkpoint of the kd recipe: its student is a classifier CNN, no backbone.
+    save_checkpoint(tmp_path / "kd.pth", {
+        "student": {"features.0.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4)},
+        "epoch": 1, "step": 1, "recipe": "kd", "args": {"arch": "student_net"},
+    })
+    with pytest.raises(ValueError, match="has no 'teacher' entry") as info:
+        load_backbone(tmp_path / "kd.pth")
+    assert "kd.pth" in str(info.value) and "'student'" in str(info.value)
+    with pytest.raises(ValueError, match=r"has no backbone under 'student'") as info:
+        load_backbone(tmp_path / "kd.pth", which="student")
+    assert "kd.pth" in str(info.value) and "features.0.weight" in str(info.value)
+    # Foreign and head-only files name the path and the keys found.
+    torch.save({"encoder.layer.weight": torch.zeros(3), "decoder.bias": torch.zeros(2)},
+               tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match="foreign.pth.* has no backbone") as info:
+        load_backbone(tmp_path / "foreign.pth")
+    assert "encoder.layer.weight" in str(info.value)
+    torch.save({"teacher": head_state("head.")}, tmp_path / "head_only.pth")
+    with pytest.raises(ValueError, match="head_only.pth.* has no backbone.*head.mlp.0.weight"):
+        load_backbone(tmp_path / "head_only.pth")
+    with pytest.raises(FileNotFoundError, match="load_backbone: no checkpoint file"):
+        load_backbone(tmp_path / "none.pth")
+    with pytest.raises(ValueError, match="which=3 must name an entry"):
+        load_backbone(tmp_path / "foreign.pth", which=3)

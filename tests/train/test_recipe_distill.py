@@ -164,3 +164,16 @@ def test_distill_from_an_official_training_checkpoint_uses_its_head(tmp_path):
     for key in ("head.mlp.0.weight", "head.last_layer.weight_v", "backbone.blocks.11.mlp.fc2.bias"):
         assert torch.equal(kept[key], state[key]), key
     assert kept["head.last_layer.weight_v"].shape == (10, 4)
+
+
+def test_the_teacher_file_is_read_once(tmp_path, dino_checkpoint, monkeypatch):
+    from dinolab.train.recipes.distill import load_teacher
+
+    real_load, calls = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+    backbone, head, out_dim = load_teacher(_from_file(dino_checkpoint))
+    assert len(calls) == 1 and out_dim == 64 and backbone.embed_dim == 48
+    assert not backbone.training and not any(p.requires_grad for p in head.parameters())
+    teacher = load_checkpoint(dino_checkpoint)["teacher"]
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, teacher[f"head.{k}"]), k

@@ -167,3 +167,18 @@ def test_a_checkpoint_of_own_images_evaluated_on_the_bundled_shapes_warns(tmp_pa
     assert set(result["knn_top1"]) == {"5", "16"} and "larger k are reported as k=16" in said
     cfg.data_path, cfg.nb_knn = str(tmp_path / "imgs"), (5,)
     assert eval_knn(cfg)["data"] == f"imagefolder {tmp_path / 'imgs'}"
+
+
+def test_the_checkpoint_is_read_once(run, tmp_path, monkeypatch):
+    """dinolab eval builds the backbone from the file it read (dinolab.models.load_backbone's
+    path), for a dinolab checkpoint and an official file alike."""
+    from dinolab.models import vit_tiny
+
+    torch.save({k: v for k, v in vit_tiny(patch_size=16, img_size=32).state_dict().items()
+                if k != "mask_token"}, tmp_path / "dino_vitt16.pth")
+    real_load, calls = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+    backbone, size = load_backbone(_cfg(run))
+    assert len(calls) == 1 and size == 32 and not backbone.training
+    backbone, size = load_backbone(EvalConfig(pretrained_weights=str(tmp_path / "dino_vitt16.pth")))
+    assert len(calls) == 2 and backbone.embed_dim == 192 and size == 32

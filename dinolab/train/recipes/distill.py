@@ -3,9 +3,10 @@
 The teacher is a trained ViT that never changes (no EMA). By default it is the teacher of a
 ``dino`` run of this course (``runs/dino/checkpoint.pth``: backbone AND head, settings read
 from the checkpoint); ``--teacher_pretrained_weights`` may instead name an official DINO /
-DINOv2 file (read by :func:`dinolab.models.load_pretrained`; its width, patch size, LayerScale
-and registers are read from its tensors, ``--teacher_arch`` and ``--teacher_patch_size``
-override them). An official training checkpoint (``*_full_checkpoint.pth``, DINOv2's
+DINOv2 file (read once by :func:`dinolab.models.backbone_from_checkpoint`, as
+:func:`dinolab.models.load_backbone`; its width, patch size, LayerScale and registers are read
+from its tensors, ``--teacher_arch`` and ``--teacher_patch_size`` fill in what they leave
+open). An official training checkpoint (``*_full_checkpoint.pth``, DINOv2's
 ``teacher_checkpoint.pth``) brings its DINO head along, and the teacher uses it. Backbone-only
 releases carry no head: the teacher's head is then a fixed random projection, which the DINO
 and iBOT terms distil as it is (a warning says so); the CLS-token, SPD and KoLeo terms do not
@@ -149,18 +150,21 @@ class DistillConfig(DINOConfig):
 def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
     """The frozen teacher as ``(backbone, head, out_dim)``, from a dinolab or official file.
 
+    The file is read once and built by :func:`dinolab.models.backbone_from_checkpoint`: a
+    ``dino`` checkpoint from the settings it saved, an official file from its tensors (its
+    width, patch size, LayerScale, registers and DINO head; ``--teacher_arch`` and
+    ``--teacher_patch_size`` fill in what they leave open).
+
     Raises:
         FileNotFoundError: no file at ``teacher_pretrained_weights``.
         ValueError: the file is neither a dinolab checkpoint nor loadable into the teacher.
     """
     from dinolab.models import (
         DINOHead,
-        build_backbone,
-        infer_dino_head_options,
-        infer_vit_options,
-        load_pretrained,
+        backbone_from_checkpoint,
+        is_dinolab_checkpoint,
+        read_checkpoint,
     )
-    from dinolab.train.checkpoint import load_checkpoint
 
     path = Path(cfg.teacher_pretrained_weights)
     if not path.is_file():
@@ -169,65 +173,49 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
             "(`dinolab train dino`, which writes runs/dino/checkpoint.pth) or pass an official "
             "DINO / DINOv2 checkpoint"
         )
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        ckpt = None  # not a dinolab checkpoint: try the official loader below
-    if ckpt is not None:
+    ckpt = read_checkpoint(path, who="dinolab train distill")
+    key = cfg.teacher_checkpoint_key
+    if isinstance(ckpt, Mapping) and is_dinolab_checkpoint(ckpt):
         if ckpt.get("recipe") not in ("dino", None):
             raise ValueError(
                 f"{str(path)!r} is a checkpoint of the {ckpt.get('recipe')!r} "
                 "recipe; the distill teacher must come from a `dino` run"
             )
-        tcfg = DINOConfig.from_args(ckpt.get("args", {}))
-        from dinolab.train.recipes.dino import build_student
-
-        teacher = build_student(tcfg)
-        if cfg.teacher_checkpoint_key not in ckpt:
+        if key not in ckpt:
             raise ValueError(
-                f"{str(path)!r} has no {cfg.teacher_checkpoint_key!r} entry; expected 'teacher' "
-                "or 'student' (--teacher_checkpoint_key)"
+                f"{str(path)!r} has no {key!r} entry; expected 'teacher' or 'student' "
+                "(--teacher_checkpoint_key)"
             )
-        teacher.load_state_dict(ckpt[cfg.teacher_checkpoint_key])
-        backbone, head, out_dim = teacher.backbone, teacher.head, tcfg.out_dim
+        # The architecture the dino run recorded; the flags for official files do not apply.
+        loaded = backbone_from_checkpoint(ckpt, key, with_head=True, path=path)
     else:
-        key = cfg.teacher_checkpoint_key
-        # The file's tensors fill in what the flags leave open: width, patch size (14 for
-        # DINOv2), LayerScale, registers; and the DINO head, if the file saved one.
-        found = infer_vit_options(path, key)
-        extra = {k: found[k] for k in ("init_values", "num_register_tokens") if k in found}
-        backbone = build_backbone(
-            cfg.teacher_arch or found.get("arch") or "vit_small",
-            patch_size=cfg.teacher_patch_size or found.get("patch_size", 16),
+        loaded = backbone_from_checkpoint(
+            ckpt,
+            key,
+            arch=cfg.teacher_arch,
+            patch_size=cfg.teacher_patch_size,
             img_size=cfg.global_crops_size,
-            **extra,
+            with_head=True,
+            path=path,
         )
-        complete = ["mask_token", "num_batches_tracked"]
-        saved_head = infer_dino_head_options(path, key)
-        if saved_head is not None:
-            prefix, head_kw = saved_head
-            head = DINOHead(backbone.embed_dim, **head_kw)
-            out_dim = head_kw["out_dim"]
-            holder = nn.Module()  # backbone.* and head.* / dino_head.*, as the file names them
-            holder.add_module("backbone", backbone)
-            holder.add_module(prefix.rstrip("."), head)
-            load_pretrained(holder, path, checkpoint_key=key, allow_missing=complete)
-        else:
-            load_pretrained(backbone, path, checkpoint_key=key, allow_missing=complete)
-            out_dim = cfg.out_dim
-            head = DINOHead(
-                backbone.embed_dim,
-                out_dim,
-                hidden_dim=cfg.head_hidden_dim,
-                bottleneck_dim=cfg.head_bottleneck_dim,
-            )
-            warnings.warn(
-                f"{str(path)!r} has no DINO head (a backbone-only release): the teacher's head "
-                "is a fixed random projection, so the DINO and iBOT terms distil that "
-                "projection; an official training checkpoint (*_full_checkpoint.pth) has its "
-                "head",
-                stacklevel=2,
-            )
+    backbone = loaded.backbone
+    if loaded.head is not None and loaded.out_dim is not None:
+        head, out_dim = loaded.head, loaded.out_dim
+    else:
+        out_dim = cfg.out_dim
+        head = DINOHead(
+            backbone.embed_dim,
+            out_dim,
+            hidden_dim=cfg.head_hidden_dim,
+            bottleneck_dim=cfg.head_bottleneck_dim,
+        )
+        warnings.warn(
+            f"{str(path)!r} has no DINO head (a backbone-only release): the teacher's head "
+            "is a fixed random projection, so the DINO and iBOT terms distil that "
+            "projection; an official training checkpoint (*_full_checkpoint.pth) has its "
+            "head",
+            stacklevel=2,
+        )
     for module in (backbone, head):
         for p in module.parameters():
             p.requires_grad_(False)

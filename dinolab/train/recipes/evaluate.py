@@ -1,8 +1,9 @@
 """``dinolab eval knn|linear``: score a trained backbone's frozen features.
 
-The backbone comes from a checkpoint: a dinolab ``dino`` or ``distill`` checkpoint (its
-architecture is read from the settings saved inside it) or an official DINO / DINOv2 file
-(name the architecture with ``--arch`` and ``--patch_size``). The k-NN is official DINO's
+The backbone comes from a checkpoint, read once by :func:`dinolab.models.backbone_from_checkpoint`:
+a dinolab ``dino`` or ``distill`` checkpoint (its architecture is read from the settings saved
+inside it) or an official DINO / DINOv2 file (its architecture read from its tensors;
+``--arch`` and ``--patch_size`` fill in what they leave open). The k-NN is official DINO's
 weighted vote (several ``k`` at once, ``--nb_knn``); the linear probe trains one linear
 layer on the frozen features (:func:`dinolab.eval.train_linear_probe`), on the CLS tokens of
 the last ``--n_last_blocks`` blocks concatenated, as official DINO's ``eval_linear.py``.
@@ -18,7 +19,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +152,13 @@ def _default_image_size(cfg: EvalConfig, patch: int) -> int:
 
 
 def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
-    """The backbone to evaluate and the image size to evaluate it at."""
-    from dinolab.models import build_backbone, infer_vit_options, load_pretrained
-    from dinolab.train.checkpoint import load_checkpoint
+    """The backbone to evaluate (eval mode) and the image size to evaluate it at.
+
+    The file is read once and built by :func:`dinolab.models.backbone_from_checkpoint`: a
+    dinolab checkpoint from the settings it saved, any other file from its tensors, with
+    ``--arch`` / ``--patch_size`` filling in what those leave open.
+    """
+    from dinolab.models import backbone_from_checkpoint, is_dinolab_checkpoint, read_checkpoint
 
     path = Path(cfg.pretrained_weights)
     if path.is_dir():
@@ -162,78 +168,47 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"--pretrained_weights {str(path)!r} does not exist")
-    try:
-        ckpt: dict[str, Any] | None = load_checkpoint(path)
-    except ValueError:
-        ckpt = None
-    if ckpt is not None:
-        from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
-
-        names = {f.name for f in fields(DINOConfig)}
-        args = {
-            k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in ckpt.get("args", {}).items()
-            if k in names
-        }
-        tcfg = DINOConfig(**args)
-        if cfg.arch:
-            tcfg.arch = cfg.arch
-        if cfg.patch_size:
-            tcfg.patch_size = cfg.patch_size
-        if ckpt.get("recipe") == "distill" and cfg.checkpoint_key == "teacher":
-            raise ValueError(
-                f"{str(path)!r} is a distill checkpoint: its teacher is the frozen input "
-                "model; evaluate the student with --checkpoint_key student, or the teacher's "
-                "own checkpoint"
-            )
-        trained_on = ckpt.get("args", {}).get("data_path")
-        if trained_on and not cfg.data_path:
-            warnings.warn(
-                f"{str(path)!r} was trained on --data_path {trained_on}, but this evaluation "
-                f"uses the bundled {cfg.dataset}; pass --data_path {trained_on} to evaluate on "
-                "those images",
-                stacklevel=2,
-            )
-        backbone = build_backbone_from(tcfg, drop_path_rate=0.0)
-        image_size = cfg.image_size or tcfg.global_crops_size
-        if cfg.checkpoint_key not in ckpt:
-            raise ValueError(
-                f"{str(path)!r} has no {cfg.checkpoint_key!r} entry; expected teacher or student"
-            )
-        prefix = "backbone."
-        state = {
-            k[len(prefix) :]: v for k, v in ckpt[cfg.checkpoint_key].items() if k.startswith(prefix)
-        }
-        try:
-            backbone.load_state_dict(state)
-        except RuntimeError as err:  # --arch / --patch_size overriding what the run recorded
-            raise ValueError(
-                f"{str(path)!r}: its {cfg.checkpoint_key} does not fit a {tcfg.arch} with patch "
-                f"size {tcfg.patch_size} (drop --arch / --patch_size: a dinolab checkpoint "
-                f"records them): {str(err).splitlines()[0]}"
-            ) from None
-    else:
-        # What the file's tensors say (width, patch size, DINOv2's LayerScale and registers)
-        # fills in what the flags leave open.
-        found = infer_vit_options(path, cfg.checkpoint_key)
-        arch = cfg.arch or found.get("arch") or ("vit_small" if found else "resnet50")
-        if arch.startswith("vit"):
-            patch = cfg.patch_size or found.get("patch_size", 16)
-            image_size = cfg.image_size or _default_image_size(cfg, patch)
-            extra = {k: found[k] for k in ("init_values", "num_register_tokens") if k in found}
-            backbone = build_backbone(arch, patch_size=patch, img_size=image_size, **extra)
-        else:
-            image_size = cfg.image_size or _default_image_size(cfg, 1)
-            backbone = build_backbone(arch)
-        # Complete or refused: nothing of the backbone may stay random.
-        load_pretrained(
-            backbone,
-            path,
-            checkpoint_key=cfg.checkpoint_key,
-            allow_missing=["mask_token", "num_batches_tracked"],
+    ckpt = read_checkpoint(path, who="dinolab eval")
+    if not (isinstance(ckpt, Mapping) and is_dinolab_checkpoint(ckpt)):
+        loaded = backbone_from_checkpoint(
+            ckpt, cfg.checkpoint_key, arch=cfg.arch, patch_size=cfg.patch_size, path=path
         )
-    backbone.eval()
-    return backbone, image_size
+        patch = getattr(loaded.backbone, "patch_size", 1)
+        return loaded.backbone, cfg.image_size or _default_image_size(cfg, patch)
+
+    args = ckpt.get("args") or {}
+    if ckpt.get("recipe") == "distill" and cfg.checkpoint_key == "teacher":
+        raise ValueError(
+            f"{str(path)!r} is a distill checkpoint: its teacher is the frozen input "
+            "model; evaluate the student with --checkpoint_key student, or the teacher's "
+            "own checkpoint"
+        )
+    if cfg.checkpoint_key not in ckpt:
+        raise ValueError(
+            f"{str(path)!r} has no {cfg.checkpoint_key!r} entry; expected teacher or student"
+        )
+    trained_on = args.get("data_path")
+    if trained_on and not cfg.data_path:
+        warnings.warn(
+            f"{str(path)!r} was trained on --data_path {trained_on}, but this evaluation "
+            f"uses the bundled {cfg.dataset}; pass --data_path {trained_on} to evaluate on "
+            "those images",
+            stacklevel=2,
+        )
+    recorded = {"arch": args.get("arch"), "patch_size": args.get("patch_size")}
+    given = {"arch": cfg.arch, "patch_size": cfg.patch_size}
+    contradicted = [f"--{k} {v}" for k, v in given.items() if v and v != recorded[k]]
+    if contradicted:
+        raise ValueError(
+            f"{str(path)!r}: its {cfg.checkpoint_key} is a {recorded['arch']} with patch size "
+            f"{recorded['patch_size']}, not {' / '.join(contradicted)} (drop --arch / "
+            "--patch_size: a dinolab checkpoint records them)"
+        )
+    backbone = backbone_from_checkpoint(ckpt, cfg.checkpoint_key, path=path).backbone
+    image_size = cfg.image_size or args.get("global_crops_size") or getattr(
+        backbone, "img_size", 224
+    )
+    return backbone, int(image_size)
 
 
 def _data(cfg: EvalConfig, image_size: int, patch_size: int) -> SSLData:
