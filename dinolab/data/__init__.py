@@ -48,7 +48,13 @@ from dinolab.data.multicrop import (
     to_image_tensor,
 )
 from dinolab.data.photos import PHOTO_NAMES, PhotoDataset, load_photo, load_photos
-from dinolab.data.shapes import SHAPE_CLASSES, Shapes, generate_shapes
+from dinolab.data.shapes import (
+    SHAPE_CLASSES,
+    SHAPES_STYLES,
+    Shapes,
+    generate_shapes,
+    generate_shapes_masks,
+)
 
 __all__ = [
     "BatchedMultiCrop",
@@ -75,6 +81,8 @@ __all__ = [
     "denormalize",
     "eval_transform",
     "generate_shapes",
+    "generate_shapes_masks",
+    "SHAPES_STYLES",
     "load_photo",
     "load_photos",
     "multicrop_collate",

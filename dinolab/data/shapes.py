@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "SHAPE_CLASSES",
+    "SHAPES_STYLES",
     "ArrayImageDataset",
     "Shapes",
     "generate_shapes",
@@ -162,24 +163,73 @@ def _draw_chunk(
     return images, coverage >= 0.5
 
 
+def _draw_dark_chunk(
+    labels: np.ndarray, img_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``len(labels)`` images of the ``"dark"`` style and their object masks.
+
+    A bright grey shape (level 0.65-1) anywhere on a dark grey background (level 0-0.35), radius
+    0.18-0.32 of the side, any rotation, light pixel noise. Why grey and bright-on-dark: DINO
+    matches whatever two crops of one image share most reliably. Tried on this kind of data
+    (experiments/dino_research.md): with random colours, shared colour was matched instead of
+    shape under mild colour jitter, and under strong per-crop colour randomisation the teacher
+    stayed at uniform targets (k-NN at chance after 1200 steps); with one polarity and grey
+    levels, the silhouette is what the crops share, and the teacher left uniform targets within
+    150 steps.
+
+    Returns:
+        ``(images, masks)``: uint8 ``[n, S, S, 3]`` (grey: the three channels differ only by
+        noise) and bool ``[n, S, S]`` (coverage >= 0.5).
+    """
+    n, s, f32 = len(labels), img_size, np.float32
+    radius = rng.uniform(0.18, 0.32, n).astype(f32)
+    # Anywhere in the frame (2% margin): a centre prior cannot pass for attention.
+    cx = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
+    cy = rng.uniform(radius + 0.02, 0.98 - radius).astype(f32)[:, None, None]
+    theta = rng.uniform(0.0, 2 * np.pi, (n, 1, 1)).astype(f32)
+    coverage = _coverage(labels, cx, cy, radius, theta, s)
+    background = rng.uniform(0.0, 0.35, (n, 1, 1, 1)).astype(f32)
+    level = rng.uniform(0.65, 1.0, (n, 1, 1, 1)).astype(f32)
+    img = background + (level - background) * coverage[..., None]
+    noise_std = rng.uniform(0.01, 0.05, (n, 1, 1, 1)).astype(f32)
+    img = img + noise_std * rng.standard_normal((n, s, s, 3), dtype=f32)
+    images = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return images, coverage >= 0.5
+
+
+#: Generators of :class:`Shapes`, by ``style``.
+SHAPES_STYLES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "grey": _draw_chunk,
+    "dark": _draw_dark_chunk,
+}
+
+
 @functools.lru_cache(maxsize=16)
 def _cached_shapes(
-    n: int, img_size: int, seed: int, num_classes: int, split: int
+    n: int, img_size: int, seed: int, num_classes: int, split: int, style: str = "grey"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(np.random.SeedSequence([seed, split]))
+    draw_chunk = SHAPES_STYLES[style]
+    # The grey style keeps its original seeds (its images are pinned by tests); other styles
+    # derive theirs from the style's name as well.
+    entropy = [seed, split] if style == "grey" else [seed, split, *style.encode()]
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
     # Exactly balanced classes (counts differ by at most one), in random order.
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
     images = np.empty((n, img_size, img_size, 3), dtype=np.uint8)
     masks = np.empty((n, img_size, img_size), dtype=bool)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        images[start:stop], masks[start:stop] = _draw_chunk(labels[start:stop], img_size, rng)
+        images[start:stop], masks[start:stop] = draw_chunk(labels[start:stop], img_size, rng)
     for array in (images, labels, masks):
         array.setflags(write=False)
     return images, labels, masks
 
 
-def _check_arguments(n: int, img_size: int, seed: int, num_classes: int) -> None:
+def _check_arguments(
+    n: int, img_size: int, seed: int, num_classes: int, style: str = "grey"
+) -> None:
+    if style not in SHAPES_STYLES:
+        raise ValueError(f"Shapes: style={style!r} is not one of {tuple(SHAPES_STYLES)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"Shapes: n={n!r} must be an int >= 1")
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
@@ -193,7 +243,12 @@ def _check_arguments(n: int, img_size: int, seed: int, num_classes: int) -> None
 
 
 def generate_shapes(
-    n: int = 2000, img_size: int = 32, seed: int = 0, num_classes: int = 6, train: bool = True
+    n: int = 2000,
+    img_size: int = 32,
+    seed: int = 0,
+    num_classes: int = 6,
+    train: bool = True,
+    style: str = "grey",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate (or fetch from the in-memory cache) one split of the Shapes data.
 
@@ -204,17 +259,25 @@ def generate_shapes(
             ``(seed, 1)`` (test).
         num_classes: use the first ``num_classes`` entries of :data:`SHAPE_CLASSES` (2..6).
         train: which split.
+        style: ``"grey"`` (coloured shapes on noisy grey backgrounds, the original set) or
+            ``"dark"`` (bright grey shapes anywhere on dark backgrounds, the set DINO's course
+            teacher learns from; see :func:`_draw_dark_chunk`).
 
     Returns:
         ``(images, labels)``: read-only uint8 ``[n, img_size, img_size, 3]`` and int64 ``[n]``.
         :func:`generate_shapes_masks` adds the object masks.
     """
-    images, labels, _ = generate_shapes_masks(n, img_size, seed, num_classes, train)
+    images, labels, _ = generate_shapes_masks(n, img_size, seed, num_classes, train, style)
     return images, labels
 
 
 def generate_shapes_masks(
-    n: int = 2000, img_size: int = 32, seed: int = 0, num_classes: int = 6, train: bool = True
+    n: int = 2000,
+    img_size: int = 32,
+    seed: int = 0,
+    num_classes: int = 6,
+    train: bool = True,
+    style: str = "grey",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`generate_shapes` plus the object mask of every image (same arguments).
 
@@ -232,8 +295,8 @@ def generate_shapes_masks(
         >>> masks.shape, masks.dtype, bool(masks.any(axis=(1, 2)).all())
         ((4, 16, 16), dtype('bool'), True)
     """
-    _check_arguments(n, img_size, seed, num_classes)
-    return _cached_shapes(n, img_size, seed, num_classes, 0 if train else 1)
+    _check_arguments(n, img_size, seed, num_classes, style)
+    return _cached_shapes(n, img_size, seed, num_classes, 0 if train else 1, style)
 
 
 class ArrayImageDataset(Dataset):
@@ -269,7 +332,11 @@ class ArrayImageDataset(Dataset):
 
 
 class Shapes(ArrayImageDataset):
-    """Synthetic coloured shapes on noisy grey backgrounds, generated from a seed.
+    """Synthetic shapes generated from a seed: the label is the silhouette.
+
+    Two styles: ``"grey"`` (the default; coloured shapes on noisy grey backgrounds) and
+    ``"dark"`` (bright grey shapes anywhere on dark backgrounds, smaller, any position: the data
+    ``dinolab train dino`` and the course teacher learn from).
 
     Args:
         n: number of images in this split.
@@ -280,6 +347,7 @@ class Shapes(ArrayImageDataset):
         train: ``True`` for the training split, ``False`` for the test split.
         transform: applied to each image (a PIL image, or a uint8 tensor with ``as_tensor``).
         as_tensor: return uint8 tensors ``[3, H, W]`` instead of PIL images.
+        style: ``"grey"`` or ``"dark"`` (see :func:`generate_shapes`).
 
     Attributes:
         data: uint8 array ``[n, H, W, 3]`` (the layout of torchvision's CIFAR10), this
@@ -312,15 +380,18 @@ class Shapes(ArrayImageDataset):
         train: bool = True,
         transform: Callable[[Any], Any] | None = None,
         as_tensor: bool = False,
+        style: str = "grey",
     ) -> None:
-        images, labels, masks = generate_shapes_masks(n, img_size, seed, num_classes, train)
+        images, labels, masks = generate_shapes_masks(
+            n, img_size, seed, num_classes, train, style
+        )
         # Private, writable copies: the cached arrays stay pristine for the next instance.
         self.data: np.ndarray = images.copy()
         self.masks: np.ndarray | None = masks.copy()
         self.targets: list[int] = labels.tolist()
         self.classes: list[str] = list(SHAPE_CLASSES[:num_classes])
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.img_size, self.seed, self.train = img_size, seed, train
+        self.img_size, self.seed, self.train, self.style = img_size, seed, train, style
         self.transform = transform
         self.as_tensor = as_tensor
 
@@ -328,5 +399,5 @@ class Shapes(ArrayImageDataset):
         split = "train" if self.train else "test"
         return (
             f"Shapes(n={len(self)}, img_size={self.img_size}, seed={self.seed}, split={split}, "
-            f"classes={self.classes})"
+            f"style={self.style!r}, classes={self.classes})"
         )

@@ -275,3 +275,47 @@ def test_mask_area_is_the_shape_area_times_the_mean_squared_radius() -> None:
         measured = ds.masks[labels == k].mean()
         # Half-covered edge pixels count as object: masks run up to ~7% over the area.
         assert 0.97 < measured / (area[name] * mean_r2) < 1.1, (name, measured)
+
+
+# ------------------------------------------------------------------ the "dark" style
+
+
+def test_dark_style_is_grey_bright_on_dark_and_its_masks_are_the_bright_pixels() -> None:
+    images, labels, masks = generate_shapes_masks(n=300, img_size=32, seed=5, style="dark")
+    x = images.astype(np.float64) / 255
+    # Grey: the channels differ by pixel noise only (std <= 0.05 each).
+    assert np.abs(x[..., 0] - x[..., 1]).mean() < 0.05
+    grey = x.mean(-1)
+    for img, mask in zip(grey, masks, strict=True):
+        inside, outside = img[mask], img[~mask]
+        assert inside.size and outside.size
+        # Object level 0.65-1 over background 0-0.35: the mask is what is bright.
+        assert inside.mean() - outside.mean() > 0.25
+    # Thresholding halfway between object and background recovers the mask except at
+    # anti-aliased edge pixels.
+    mid = np.array([(g[m].mean() + g[~m].mean()) / 2 for g, m in zip(grey, masks, strict=True)])
+    agree = ((grey > mid[:, None, None]) == masks).mean()
+    assert agree > 0.97, agree
+    assert np.bincount(labels).tolist() == [50] * 6
+
+
+def test_dark_style_places_shapes_anywhere_and_differs_from_grey() -> None:
+    _, _, masks = generate_shapes_masks(n=600, img_size=32, seed=0, style="dark")
+    ys, xs = np.mgrid[0:32, 0:32]
+    area = masks.sum((1, 2))
+    cy = (masks * ys).sum((1, 2)) / area
+    cx = (masks * xs).sum((1, 2)) / area
+    # Centres spread over the frame, not clustered in the middle: a centre prior is no shortcut.
+    assert cx.min() < 10 and cx.max() > 21 and cy.min() < 10 and cy.max() > 21
+    assert 0.05 < masks.mean() < 0.2  # objects cover about a tenth of the image
+    grey_images, _, _ = generate_shapes_masks(n=600, img_size=32, seed=0)
+    dark_images = Shapes(n=600, seed=0, style="dark").data
+    assert not np.array_equal(grey_images, dark_images)
+    again = Shapes(n=600, seed=0, style="dark")
+    assert np.array_equal(again.data, dark_images) and again.style == "dark"
+    assert "style='dark'" in repr(again)
+
+
+def test_unknown_style_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="style='neon'"):
+        Shapes(n=4, style="neon")
