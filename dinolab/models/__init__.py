@@ -41,6 +41,7 @@ from dinolab.models.vit import (
     vit_base,
     vit_course,
     vit_large,
+    vit_micro,
     vit_small,
     vit_tiny,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "read_checkpoint",
     "vit_base",
     "vit_course",
+    "vit_micro",
     "vit_large",
     "vit_small",
     "vit_tiny",
@@ -82,6 +84,7 @@ _VITS: dict[str, Callable[..., VisionTransformer]] = {
     "vit_base": vit_base,
     "vit_large": vit_large,
     "vit_course": vit_course,
+    "vit_micro": vit_micro,
 }
 
 #: Names accepted by :func:`build_backbone` (and the CLI's ``--arch``).

@@ -426,6 +426,7 @@ _DINOLAB_VERSION = 1  # dinolab.train.checkpoint.CHECKPOINT_VERSION
 # overridden by ``--embed_dim`` / ``--depth`` / ``--num_heads``).
 _VIT_SIZES = {
     "vit_course": (128, 4, 4),
+    "vit_micro": (96, 4, 3),
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
@@ -561,8 +562,11 @@ def _dinolab_backbone(
                     "dinolab checkpoint records its architecture)"
                 )
         size = img_size or args.get("global_crops_size") or 224
+        # The MLP width is read from the tensors (vit_micro's ratio is 2, the others' 4).
+        fc1 = state.get("blocks.0.mlp.fc1.weight")
+        mlp_ratio = int(fc1.shape[0]) / dim if fc1 is not None else 4.0
         backbone = VisionTransformer(img_size=size, patch_size=saved_patch or 16, embed_dim=dim,
-                                     depth=depth, num_heads=heads)
+                                     depth=depth, num_heads=heads, mlp_ratio=mlp_ratio)
         pos = state.get("pos_embed")
         if pos is not None and pos.shape != backbone.pos_embed.shape:
             resized = _fit_pos_embed(pos, backbone.pos_embed)

@@ -23,7 +23,9 @@ Reproducibility. Every sample's augmentation is drawn from a generator seeded by
 the number of processes, the number of loader workers or what ran before, so a run resumed
 from its last checkpoint continues exactly as the uninterrupted run would have, and N
 processes with ``batch_size_per_gpu = B / N`` see the same global batches as one process
-with batch ``B``. The same data make the same weights on the CPU (the tests check it). On a GPU,
+with batch ``B``. The same data make the same weights on the CPU (the tests check it), unless
+a loss looks within the batch: KoLeo (``--koleo_loss_weight``, on by default in the ``dino``
+recipe) finds each sample's nearest neighbour in its own process's batch, as DINOv2. On a GPU,
 some backward kernels (index-put, bicubic interpolation, replicate padding) add in a varying
 order, so resumed and multi-process runs agree up to float rounding, not bit for bit, unless
 ``torch.use_deterministic_algorithms(True)`` is set (slower).

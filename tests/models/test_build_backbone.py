@@ -46,3 +46,17 @@ def test_sizes_default_per_architecture_and_can_be_overridden():
 def test_unknown_arch_lists_the_choices():
     with pytest.raises(ValueError, match=r"unknown arch 'vit_huge'.*vit_small.*resnet50"):
         build_backbone("vit_huge")
+
+
+def test_vit_micro_is_the_course_teachers_size():
+    import torch
+
+    from dinolab.models import build_backbone
+
+    vit = build_backbone("vit_micro")
+    assert (vit.embed_dim, len(vit.blocks), vit.patch_embed.patch_size) == (96, 4, 4)
+    assert vit.blocks[0].mlp.fc1.out_features == 192  # MLP ratio 2
+    x = torch.randn(2, 3, 32, 32)
+    assert vit(x).shape == (2, 96)
+    assert vit.get_last_selfattention(x).shape == (2, 3, 65, 65)  # 1 + 8x8 tokens
+    assert vit(torch.randn(2, 3, 16, 16)).shape == (2, 96)  # a local crop

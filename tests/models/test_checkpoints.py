@@ -276,14 +276,16 @@ def test_infer_dino_head_options_from_v1_and_v2_checkpoints(tmp_path):
 
 @pytest.fixture(scope="module")
 def dino_run(tmp_path_factory):
-    """A real 1-epoch `dinolab train dino` checkpoint: ViT of width 32, 2 blocks, 2 heads."""
+    """A real 1-epoch `dinolab train dino` checkpoint: ViT of width 32, 2 blocks, 2 heads, patch 8
+    (the classic settings' vit_course)."""
     from dinolab.train.recipes.dino import DINOConfig, train_dino
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("dino")
     try:
-        train_dino(DINOConfig(output_dir=str(out), epochs=1, warmup_epochs=0, batch_size_per_gpu=4,
+        train_dino(DINOConfig.classic(output_dir=str(out), epochs=1, warmup_epochs=0,
+                              batch_size_per_gpu=4,
                               num_images=16, num_eval_images=8, local_crops_number=2, out_dim=64,
                               head_hidden_dim=32, head_bottleneck_dim=16, embed_dim=32, depth=2,
                               num_heads=2, knn_k=5, progress=False, plots=False, device="cpu"))
@@ -381,7 +383,7 @@ def test_load_backbone_of_a_distill_run_is_its_student(dino_run, tmp_path):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_distill(DistillConfig(
+        train_distill(DistillConfig.classic(
             output_dir=str(tmp_path), epochs=1, warmup_epochs=0, embed_dim=16, depth=1,
             num_heads=2, teacher_pretrained_weights=str(dino_run), linear_probe_epochs=0,
             batch_size_per_gpu=4, num_images=16, num_eval_images=8, local_crops_number=2,

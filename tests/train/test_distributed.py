@@ -95,7 +95,11 @@ FLAGS = [
     "false",
     # SGD keeps a weight update linear in the gradient, so float rounding in the all-reduce
     # stays at rounding size (Adam divides by sqrt(v) and can amplify it for tiny gradients).
-    # No drop-path: each rank draws its own masks, which one process cannot reproduce.
+    # No drop-path: each rank draws its own masks, which one process cannot reproduce. No
+    # KoLeo: each rank finds nearest neighbours within its own batch (as DINOv2), so its value
+    # depends on how the batch is split.
+    "--koleo_loss_weight",
+    "0",
     "--optimizer",
     "sgd",
     "--lr",

@@ -62,9 +62,15 @@ def test_a_short_dino_run_logs_monitors_knn_and_writes_everything(tmp_path):
     momentum = cosine_schedule(cfg.momentum_teacher, 1.0, 2, 4)
     for s in steps:
         assert math.isfinite(s["loss"])
-        # The monitors see exactly the loss's targets: h(P_t) + KL(P_t || P_s) = the loss.
-        assert s["cross_entropy"] == pytest.approx(s["loss"], rel=1e-5)
-        assert s["teacher_entropy"] + s["kl_teacher_student"] == pytest.approx(s["loss"], rel=1e-5)
+        # The monitors see exactly the loss's targets: h(P_t) + KL(P_t || P_s) = the DINO loss,
+        # and the total adds the KoLeo term (weight 0.1 by default).
+        assert s["cross_entropy"] == pytest.approx(s["dino_loss"], rel=1e-5)
+        assert s["teacher_entropy"] + s["kl_teacher_student"] == pytest.approx(
+            s["dino_loss"], rel=1e-5
+        )
+        assert s["dino_loss"] + cfg.koleo_loss_weight * s["koleo_loss"] == pytest.approx(
+            s["loss"], rel=1e-5
+        )
         assert 0.0 <= s["teacher_entropy"] <= math.log(64) + 1e-6
         assert s["momentum"] == pytest.approx(momentum[s["it"]])
     assert 0.0 <= record["knn_top1"] <= 100.0
@@ -73,7 +79,7 @@ def test_a_short_dino_run_logs_monitors_knn_and_writes_everything(tmp_path):
     assert {"student", "teacher", "optimizer", "dino_loss", "rng", "args"} <= set(ckpt)
     assert ckpt["dino_loss"]["center"].shape == (1, 64)
     assert float(ckpt["dino_loss"]["center"].abs().sum()) > 0  # the center was updated
-    assert ckpt["args"]["arch"] == "vit_course" and ckpt["epoch"] == 2
+    assert ckpt["args"]["arch"] == "vit_micro" and ckpt["epoch"] == 2
     # The teacher key layout is official DINO's, so official tools read it.
     assert any(k.startswith("backbone.blocks.0.attn.qkv") for k in ckpt["teacher"])
     assert any(k.startswith("head.last_layer.weight_v") for k in ckpt["teacher"])
@@ -141,8 +147,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_p
 
 
 def test_teacher_gets_no_gradient_and_crop_sizes_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="local_crops_size=12 must be a positive multiple"):
-        build_ssl_data(tiny(tmp_path, local_crops_size=12))
+    with pytest.raises(ValueError, match="local_crops_size=10 must be a positive multiple"):
+        build_ssl_data(tiny(tmp_path, local_crops_size=10))
     from dinolab.train.recipes.dino import DINOTask, build_student
 
     task = DINOTask(tiny(tmp_path), build_student(tiny(tmp_path)), None)
@@ -221,7 +227,10 @@ def test_rotation_flag_reaches_the_augmentation(tmp_path, batched):
         assert (angles.abs() <= 45.0).all() and (angles != 0).all()
     else:
         assert len(sample) == data.train_set.transform.num_crops
-    assert build_ssl_data(tiny(tmp_path)).train_set.transform.rotation_degrees == 0.0
+    # The dino recipe rotates by default (the shapes have no up); 0 turns it off.
+    assert build_ssl_data(tiny(tmp_path)).train_set.transform.rotation_degrees == 180.0
+    off = build_ssl_data(tiny(tmp_path, rotation_degrees=0.0))
+    assert off.train_set.transform.rotation_degrees == 0.0
 
 
 def test_knn_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
@@ -238,3 +247,37 @@ def test_knn_every_evaluates_every_n_epochs_and_after_the_last(tmp_path):
     assert "knn_top1" not in record and math.isfinite(record["train_loss"])
     with pytest.raises(ValueError, match="--knn_every must be >= 0, got -1"):
         build_ssl_data(tiny(tmp_path, knn_every=-1))
+
+
+def test_data_seed_draws_other_images_and_defaults_to_the_seed(tmp_path):
+    from dinolab.data import Shapes
+
+    def first_images(**kw):
+        data = build_ssl_data(tiny(tmp_path, **kw))
+        return data.knn_train[0][0], data.knn_test[0][0]
+
+    default, default_test = first_images()
+    same, _ = first_images(data_seed=0)
+    other, other_test = first_images(data_seed=7)
+    assert torch.equal(default, same) and not torch.equal(default, other)
+    assert not torch.equal(default_test, other_test)
+    # The dino recipe trains on the dark shapes of the data seed.
+    expected = Shapes(n=16, seed=7, style="dark", as_tensor=True)[0][0]
+    data = build_ssl_data(tiny(tmp_path, data_seed=7))
+    assert torch.equal(data.train_set.dataset[0][0], expected)
+
+
+def test_classic_settings_are_the_earlier_defaults_and_overrides_win(tmp_path):
+    from dataclasses import fields
+
+    from dinolab.train.recipes.dino import CLASSIC_SETTINGS
+
+    names = {f.name for f in fields(DINOConfig)}
+    assert set(CLASSIC_SETTINGS) <= names
+    classic, new = DINOConfig.classic(), DINOConfig()
+    differ = {n for n in names if getattr(classic, n) != getattr(new, n)}
+    assert differ == set(CLASSIC_SETTINGS)  # each classic setting is one the new recipe changed
+    # The earlier defaults, as `dinolab train dino` had them before the course-teacher recipe.
+    assert (classic.arch, classic.patch_size, classic.shapes_style) == ("vit_course", 8, "grey")
+    assert (classic.lr, classic.teacher_temp, classic.koleo_loss_weight) == (5e-4, 0.04, 0.0)
+    assert DINOConfig.classic(arch="vit_micro", epochs=3).arch == "vit_micro"

@@ -117,6 +117,7 @@ def test_distill_from_an_official_backbone_file(tmp_path):
         out_dim=32,
         teacher_arch="vit_course",
         teacher_patch_size=8,
+        patch_size=8,  # iBOT compares the teacher's 8-px patches with the student's
     )
     with pytest.warns(UserWarning, match="fixed random projection"):
         record = train_distill(cfg)

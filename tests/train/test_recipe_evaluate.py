@@ -139,7 +139,7 @@ def test_an_official_dinov2_file_is_built_from_its_own_tensors(tmp_path):
 
 def test_overriding_a_dinolab_checkpoints_architecture_is_a_clear_error(run):
     with pytest.raises(ValueError, match="drop --arch / --patch_size"):
-        load_backbone(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), patch_size=4))
+        load_backbone(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), patch_size=8))
 
 
 def test_a_checkpoint_of_own_images_evaluated_on_the_bundled_shapes_warns(tmp_path):

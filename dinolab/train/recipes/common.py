@@ -82,6 +82,22 @@ class SSLConfig(TrainConfig):
             "Shape classes (shapes only, 2..6); used only to score the k-NN evaluation."
         ),
     )
+    shapes_style: str = field(
+        default="grey",
+        metadata=_help(
+            "Which synthetic shapes (shapes only): grey (coloured shapes on noisy grey "
+            "backgrounds) or dark (bright grey shapes anywhere on dark backgrounds, with exact "
+            "object masks; the set DINO's course teacher learns shape from).",
+            choices=("grey", "dark"),
+        ),
+    )
+    data_seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "Seed of the synthetic images (shapes only). Default: --seed. Set it apart from "
+            "--seed to report on data that took no part in choosing settings."
+        ),
+    )
     global_crops_scale: tuple[float, float] = field(
         default=(0.4, 1.0),
         metadata=_help(
@@ -132,6 +148,22 @@ class SSLConfig(TrainConfig):
         metadata=_help(
             "Range of the Gaussian blur's sigma in pixels of the crop (official DINO: 0.1 2.0, "
             "on 224-pixel crops). On small crops scale it down with the crop side."
+        ),
+    )
+    blur_prob: tuple[float, float, float] = field(
+        default=(1.0, 0.1, 0.5),
+        metadata=_help(
+            "Gaussian-blur probabilities of the first global crop, the second, and each local "
+            "crop (official DINO: 1.0 0.1 0.5). On tiny images blur can erase what the crops "
+            "share; 0 0 0 turns it off."
+        ),
+    )
+    solarization_prob: float = field(
+        default=0.2,
+        metadata=_help(
+            "Solarisation probability of the second global crop (official DINO: 0.2). It "
+            "inverts pixels above half brightness: on bright shapes over dark backgrounds it "
+            "hides the shape, so the dark shapes want 0."
         ),
     )
     rotation_degrees: float = field(
@@ -257,9 +289,9 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
     if cfg.data_path and name == "shapes":
         name = "imagefolder"
     if cfg.data_path:
-        defaults = {f.name: f.default for f in fields(SSLConfig)}
+        defaults = {f.name: f.default for f in fields(type(cfg))}
         unused = [f"--{k} {getattr(cfg, k)}" for k in ("num_images", "num_eval_images",
-                  "num_classes") if getattr(cfg, k) != defaults[k]]
+                  "num_classes", "shapes_style", "data_seed") if getattr(cfg, k) != defaults[k]]
         if unused:
             warnings.warn(
                 f"{', '.join(unused)}: the synthetic shapes' settings, unused with --data_path "
@@ -281,6 +313,10 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
         "grayscale_prob": cfg.grayscale_prob,
         "blur_sigma": tuple(cfg.blur_sigma),
         "rotation_degrees": cfg.rotation_degrees,
+        "global1_blur_prob": cfg.blur_prob[0],
+        "global2_blur_prob": cfg.blur_prob[1],
+        "local_blur_prob": cfg.blur_prob[2],
+        "global2_solarize_prob": cfg.solarization_prob,
     }
     augmentation: Any
     collate_fn: Callable[[list[Any]], Any] = multicrop_collate
@@ -293,9 +329,11 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
         raise ValueError(f"--dataset {name} needs --data_path (the folder that holds the data)")
     size = cfg.global_crops_size
     if name in ("shapes", "digits"):
-        kw: dict[str, Any] = {"img_size": size, "seed": cfg.seed, "as_tensor": True}
+        data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+        kw: dict[str, Any] = {"img_size": size, "seed": data_seed, "as_tensor": True}
         if name == "shapes":
             kw["num_classes"] = cfg.num_classes
+            kw["style"] = cfg.shapes_style
         train_images = (
             build_dataset(name, train=True, n=cfg.num_images, **kw)
             if name == "shapes"

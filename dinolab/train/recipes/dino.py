@@ -53,12 +53,26 @@ from dinolab.train.recipes.common import (
     knn_evaluate,
 )
 
-__all__ = ["DINOConfig", "DINOTask", "build_backbone_from", "build_student", "train_dino"]
+__all__ = [
+    "CLASSIC_SETTINGS",
+    "DINOConfig",
+    "DINOTask",
+    "build_backbone_from",
+    "build_student",
+    "train_dino",
+]
 
 
 @dataclass
 class DINOConfig(SSLConfig):
-    """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults)."""
+    """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults).
+
+    The defaults are the course teacher's recipe: ``vit_micro`` (8x8 patches of 32 px images) on
+    5000 dark shapes for 30 epochs, the settings under which DINO's teacher leaves uniform
+    targets and learns shape on a CPU (``experiments/dino_research.md``). :meth:`classic` gives
+    the earlier defaults: official DINO's augmentation and temperatures with the 16-token
+    ``vit_course`` on the grey shapes, what the short collapse studies of lessons 3.3-4.2 run.
+    """
 
     output_dir: str = field(
         default="runs/dino",
@@ -67,29 +81,122 @@ class DINOConfig(SSLConfig):
     epochs: int = field(
         default=30,
         metadata=_help(
-            "Training epochs (official: 100-800 on ImageNet). The default trains the course ViT "
-            "on 2000 synthetic images in a few CPU minutes."
+            "Training epochs (official: 100-800 on ImageNet). The default, 30 epochs of 5000 "
+            "dark shapes (2340 steps), is the course teacher's run: about 25 CPU-minutes on a "
+            "2-core x86 laptop CPU (measured: experiments/dino_research.md); its teacher leaves "
+            "uniform targets within the first epoch."
+        ),
+    )
+    lr: float = field(
+        default=4e-3,
+        metadata=_help(
+            "Peak learning rate at the end of warm-up, for a global batch of 256: it is scaled "
+            "by batch / 256, so the default trains at 1e-3 with batch 64 (official: 5e-4)."
+        ),
+    )
+    warmup_epochs: int = field(
+        default=1,
+        metadata=_help(
+            "Epochs of linear learning-rate warm-up (official: 10 of its 100+; here 1 of 30)."
+        ),
+    )
+    weight_decay_end: float = field(
+        default=0.04,
+        metadata=_help(
+            "Final weight decay of the cosine schedule (official: 0.4; the course teacher keeps "
+            "0.04 throughout)."
+        ),
+    )
+    freeze_last_layer: int = field(
+        default=0,
+        metadata=_help(
+            "Epochs during which the head's last layer gets no update (official: 1). The course "
+            "teacher's short run trains it from the start."
+        ),
+    )
+    shapes_style: str = field(
+        default="dark",
+        metadata=_help(
+            "Which synthetic shapes (shapes only): dark (bright grey shapes anywhere on dark "
+            "backgrounds, with exact object masks: what DINO learns shape from on a CPU) or grey "
+            "(coloured shapes on grey backgrounds, where shared colour is an easier cue).",
+            choices=("grey", "dark"),
+        ),
+    )
+    num_images: int = field(
+        default=5000,
+        metadata=_help("Number of synthetic training images (shapes only)."),
+    )
+    global_crops_scale: tuple[float, float] = field(
+        default=(0.35, 1.0),
+        metadata=_help("Area range of the two global crops (official DINO: 0.4 1.0)."),
+    )
+    local_crops_scale: tuple[float, float] = field(
+        default=(0.1, 0.35),
+        metadata=_help(
+            "Area range of each local crop (official DINO: 0.05 0.4). Its maximum should stay "
+            "below the global minimum."
+        ),
+    )
+    local_crops_number: int = field(
+        default=4,
+        metadata=_help(
+            "Number of small local crops per image (official DINO: 8). 0 disables multi-crop; "
+            "each local crop adds a student forward pass."
+        ),
+    )
+    color_jitter: tuple[float, float, float, float] = field(
+        default=(0.4, 0.4, 0.4, 0.0),
+        metadata=_help(
+            "ColorJitter strengths (brightness, contrast, saturation, hue), applied to each crop "
+            "with p 0.8 (official DINO: 0.4 0.4 0.2 0.1). Strong hue jitter on colourful "
+            "images (0.5) keeps colour from being the cue, but a short run then stays at a "
+            "uniform teacher longer."
+        ),
+    )
+    blur_prob: tuple[float, float, float] = field(
+        default=(0.0, 0.0, 0.0),
+        metadata=_help(
+            "Gaussian-blur probabilities of the first global crop, the second, and each local "
+            "crop (official DINO: 1.0 0.1 0.5; off by default here: 32 px shapes)."
+        ),
+    )
+    solarization_prob: float = field(
+        default=0.0,
+        metadata=_help(
+            "Solarisation probability of the second global crop (official DINO: 0.2; 0 here: "
+            "it would turn the bright shapes as dark as their backgrounds)."
+        ),
+    )
+    rotation_degrees: float = field(
+        default=180.0,
+        metadata=_help(
+            "Rotate every crop by a random angle in [-N, N] degrees (official DINO: 0). The "
+            "shapes have no up, so 180 makes orientation useless as a cue."
         ),
     )
     arch: str = field(
-        default="vit_course",
+        default="vit_micro",
         metadata=_help(
-            "Backbone: vit_course (4 blocks, width 128, sized for a CPU), vit_tiny, vit_small, "
-            "vit_base, vit_large, or resnet18/34/50/101/152.",
+            "Backbone: vit_micro (4 blocks, width 96, the course teacher's), vit_course (4 "
+            "blocks, width 128), vit_tiny, vit_small, vit_base, vit_large, or "
+            "resnet18/34/50/101/152.",
             choices=BACKBONES,
         ),
     )
     patch_size: int = field(
-        default=8,
+        default=4,
         metadata=_help(
             "ViT patch side in pixels (official: 16 or 8). Smaller patches see finer detail but "
-            "cost quadratically more; crop sizes must be multiples of it."
+            "cost quadratically more; crop sizes must be multiples of it. 4 gives 8x8 attention "
+            "maps on 32 px images."
         ),
     )
     drop_path_rate: float = field(
-        default=0.1,
+        default=0.0,
         metadata=_help(
-            "Stochastic depth of the student's last block (official: 0.1); the teacher uses none."
+            "Stochastic depth of the student's last block (official: 0.1; 0 for the 4-block "
+            "course teacher); the teacher uses none."
         ),
     )
     embed_dim: int | None = field(
@@ -109,17 +216,17 @@ class DINOConfig(SSLConfig):
         ),
     )
     out_dim: int = field(
-        default=1024,
+        default=256,
         metadata=_help(
-            "Prototypes K of the DINO head (official: 65536). Larger K is slower; a few thousand "
-            "is plenty for small data sets."
+            "Prototypes K of the DINO head (official: 65536). Larger K is slower; a few hundred "
+            "suit 6 shape classes."
         ),
     )
     head_hidden_dim: int = field(
-        default=512, metadata=_help("Hidden width of the head's MLP (official: 2048).")
+        default=256, metadata=_help("Hidden width of the head's MLP (official: 2048).")
     )
     head_bottleneck_dim: int = field(
-        default=128,
+        default=64,
         metadata=_help(
             "Width of the L2-normalised bottleneck before the last layer (official: 256)."
         ),
@@ -142,14 +249,14 @@ class DINOConfig(SSLConfig):
         ),
     )
     teacher_temp: float = field(
-        default=0.04,
+        default=0.03,
         metadata=_help(
             "Teacher temperature after warm-up (official: 0.04; up to 0.07 if training is "
             "unstable). Lower is sharper."
         ),
     )
     warmup_teacher_temp: float = field(
-        default=0.04,
+        default=0.03,
         metadata=_help(
             "Teacher temperature at epoch 0 (official: 0.04). Lower it below --teacher_temp if the "
             "loss does not decrease early on."
@@ -179,11 +286,12 @@ class DINOConfig(SSLConfig):
         ),
     )
     koleo_loss_weight: float = field(
-        default=0.0,
+        default=0.1,
         metadata=_help(
             "Weight of the KoLeo regulariser on the student's backbone features of the two global "
-            "crops (DINOv2: 0.1; official DINO: none, 0). It spreads the features of a batch "
-            "apart, which keeps short runs from collapsing to a uniform teacher."
+            "crops (DINOv2: 0.1, the default here; official DINO: none, 0). It spreads the "
+            "features of a batch apart, which keeps short runs from collapsing to a uniform "
+            "teacher."
         ),
     )
     monitor_every: int = field(
@@ -194,10 +302,48 @@ class DINOConfig(SSLConfig):
         ),
     )
 
+    @classmethod
+    def classic(cls, **overrides: Any) -> DINOConfig:
+        """The earlier defaults (:data:`CLASSIC_SETTINGS`), then ``overrides``."""
+        return cls(**{**CLASSIC_SETTINGS, **overrides})
+
+
+#: The ``dino`` recipe's defaults before the course-teacher recipe: official DINO's
+#: augmentation, temperatures and schedules (lr 5e-4, 2 warm-up epochs, weight decay 0.04 ->
+#: 0.4, last layer frozen for 1 epoch) with the course ViT (patch 8: 16 tokens) on 2000 grey
+#: shapes. Cheap per step, so the lessons' short collapse studies use them.
+CLASSIC_SETTINGS: dict[str, Any] = {
+    "arch": "vit_course",
+    "patch_size": 8,
+    "drop_path_rate": 0.1,
+    "out_dim": 1024,
+    "head_hidden_dim": 512,
+    "head_bottleneck_dim": 128,
+    "teacher_temp": 0.04,
+    "warmup_teacher_temp": 0.04,
+    "koleo_loss_weight": 0.0,
+    "lr": 5e-4,
+    "warmup_epochs": 2,
+    "weight_decay_end": 0.4,
+    "freeze_last_layer": 1,
+    "shapes_style": "grey",
+    "num_images": 2000,
+    "global_crops_scale": (0.4, 1.0),
+    "local_crops_scale": (0.05, 0.4),
+    "local_crops_number": 6,
+    "color_jitter": (0.4, 0.4, 0.2, 0.1),
+    "blur_prob": (1.0, 0.1, 0.5),
+    "solarization_prob": 0.2,
+    "rotation_degrees": 0.0,
+}
+
 
 # (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads.
+# MLP hidden width / D where it is not 4 (vit_micro: 2; see dinolab.models.vit_micro).
+_VIT_MLP_RATIOS = {"vit_micro": 2.0}
 _VIT_SIZES = {
     "vit_course": (128, 4, 4),
+    "vit_micro": (96, 4, 3),
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
@@ -228,6 +374,7 @@ def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) ->
             embed_dim=dims[0],
             depth=dims[1],
             num_heads=dims[2],
+            mlp_ratio=_VIT_MLP_RATIOS.get(cfg.arch, 4.0),
             drop_path_rate=dpr,
         )
         backbone.mask_token.requires_grad_(False)
