@@ -281,3 +281,21 @@ def test_classic_settings_are_the_earlier_defaults_and_overrides_win(tmp_path):
     assert (classic.arch, classic.patch_size, classic.shapes_style) == ("vit_course", 8, "grey")
     assert (classic.lr, classic.teacher_temp, classic.koleo_loss_weight) == (5e-4, 0.04, 0.0)
     assert DINOConfig.classic(arch="vit_micro", epochs=3).arch == "vit_micro"
+
+
+def test_unset_augmentation_suits_the_data_dark_shapes_or_official(tmp_path):
+    from dinolab.train.recipes.common import (
+        DARK_SHAPES_AUGMENTATION,
+        OFFICIAL_AUGMENTATION,
+        resolved_augmentation,
+    )
+
+    assert resolved_augmentation(tiny(tmp_path)) == DARK_SHAPES_AUGMENTATION
+    # Real images (--data_path), digits and the grey shapes get official DINO's augmentation.
+    for kw in ({"data_path": str(tmp_path)}, {"dataset": "digits"}, {"shapes_style": "grey"}):
+        assert resolved_augmentation(tiny(tmp_path, **kw)) == OFFICIAL_AUGMENTATION, kw
+    # A setting given explicitly is kept whatever the data.
+    mine = resolved_augmentation(tiny(tmp_path, data_path=str(tmp_path), rotation_degrees=30.0))
+    assert mine["rotation_degrees"] == 30.0 and mine["solarization_prob"] == 0.2
+    aug = build_ssl_data(tiny(tmp_path, shapes_style="grey")).train_set.transform
+    assert aug.rotation_degrees == 0.0 and aug.probs["global2_solarize_prob"] == 0.2

@@ -209,6 +209,36 @@ class SSLConfig(TrainConfig):
     )
 
 
+#: Augmentation settings a recipe may leave unset (None): the bundled dark shapes' values ...
+DARK_SHAPES_AUGMENTATION: dict[str, Any] = {
+    "color_jitter": (0.4, 0.4, 0.4, 0.0),
+    "blur_prob": (0.0, 0.0, 0.0),
+    "solarization_prob": 0.0,
+    "rotation_degrees": 180.0,
+}
+#: ... and official DINO's, for every other data set (real images, digits, grey shapes).
+OFFICIAL_AUGMENTATION: dict[str, Any] = {
+    "color_jitter": (0.4, 0.4, 0.2, 0.1),
+    "blur_prob": (1.0, 0.1, 0.5),
+    "solarization_prob": 0.2,
+    "rotation_degrees": 0.0,
+}
+
+
+def resolved_augmentation(cfg: SSLConfig) -> dict[str, Any]:
+    """The augmentation settings ``cfg`` trains with: unset (None) ones filled in.
+
+    On the bundled dark shapes (``--dataset shapes --shapes_style dark``, no ``--data_path``)
+    an unset setting takes :data:`DARK_SHAPES_AUGMENTATION`'s value, on any other data
+    :data:`OFFICIAL_AUGMENTATION`'s; settings given explicitly are kept.
+    """
+    dark = (
+        cfg.dataset == "shapes" and not cfg.data_path and getattr(cfg, "shapes_style", "") == "dark"
+    )
+    fill = DARK_SHAPES_AUGMENTATION if dark else OFFICIAL_AUGMENTATION
+    return {k: fill[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in fill}
+
+
 @dataclass
 class SSLData:
     """The data of a self-supervised run."""
@@ -303,20 +333,21 @@ def build_ssl_data(cfg: SSLConfig) -> SSLData:
             f"--dataset digits is bundled and reads no --data_path ({cfg.data_path!r}); drop one "
             "of the two (--dataset imagefolder for an image folder)"
         )
+    aug = resolved_augmentation(cfg)
     aug_kwargs: dict[str, Any] = {
         "global_crops_scale": tuple(cfg.global_crops_scale),
         "local_crops_scale": tuple(cfg.local_crops_scale),
         "local_crops_number": cfg.local_crops_number,
         "global_crops_size": cfg.global_crops_size,
         "local_crops_size": cfg.local_crops_size,
-        "color_jitter": tuple(cfg.color_jitter),
+        "color_jitter": tuple(aug["color_jitter"]),
         "grayscale_prob": cfg.grayscale_prob,
         "blur_sigma": tuple(cfg.blur_sigma),
-        "rotation_degrees": cfg.rotation_degrees,
-        "global1_blur_prob": cfg.blur_prob[0],
-        "global2_blur_prob": cfg.blur_prob[1],
-        "local_blur_prob": cfg.blur_prob[2],
-        "global2_solarize_prob": cfg.solarization_prob,
+        "rotation_degrees": aug["rotation_degrees"],
+        "global1_blur_prob": aug["blur_prob"][0],
+        "global2_blur_prob": aug["blur_prob"][1],
+        "local_blur_prob": aug["blur_prob"][2],
+        "global2_solarize_prob": aug["solarization_prob"],
     }
     augmentation: Any
     collate_fn: Callable[[list[Any]], Any] = multicrop_collate

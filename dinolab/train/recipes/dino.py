@@ -145,34 +145,35 @@ class DINOConfig(SSLConfig):
             "each local crop adds a student forward pass."
         ),
     )
-    color_jitter: tuple[float, float, float, float] = field(
-        default=(0.4, 0.4, 0.4, 0.0),
+    color_jitter: tuple[float, float, float, float] | None = field(
+        default=None,
         metadata=_help(
             "ColorJitter strengths (brightness, contrast, saturation, hue), applied to each crop "
-            "with p 0.8 (official DINO: 0.4 0.4 0.2 0.1). Strong hue jitter on colourful "
-            "images (0.5) keeps colour from being the cue, but a short run then stays at a "
-            "uniform teacher longer."
+            "with p 0.8. Unset: 0.4 0.4 0.4 0 on the bundled dark shapes, official DINO's 0.4 "
+            "0.4 0.2 0.1 on any other data (--data_path, digits, grey shapes)."
         ),
     )
-    blur_prob: tuple[float, float, float] = field(
-        default=(0.0, 0.0, 0.0),
+    blur_prob: tuple[float, float, float] | None = field(
+        default=None,
         metadata=_help(
             "Gaussian-blur probabilities of the first global crop, the second, and each local "
-            "crop (official DINO: 1.0 0.1 0.5; off by default here: 32 px shapes)."
+            "crop. Unset: 0 0 0 on the bundled dark shapes (32 px), official DINO's 1.0 0.1 0.5 "
+            "on any other data."
         ),
     )
-    solarization_prob: float = field(
-        default=0.0,
+    solarization_prob: float | None = field(
+        default=None,
         metadata=_help(
-            "Solarisation probability of the second global crop (official DINO: 0.2; 0 here: "
-            "it would turn the bright shapes as dark as their backgrounds)."
+            "Solarisation probability of the second global crop. Unset: 0 on the bundled dark "
+            "shapes (it would turn the bright shapes as dark as their backgrounds), official "
+            "DINO's 0.2 on any other data."
         ),
     )
-    rotation_degrees: float = field(
-        default=180.0,
+    rotation_degrees: float | None = field(
+        default=None,
         metadata=_help(
-            "Rotate every crop by a random angle in [-N, N] degrees (official DINO: 0). The "
-            "shapes have no up, so 180 makes orientation useless as a cue."
+            "Rotate every crop by a random angle in [-N, N] degrees. Unset: 180 on the bundled "
+            "dark shapes (they have no up), official DINO's 0 on any other data."
         ),
     )
     arch: str = field(
