@@ -175,7 +175,12 @@ def collapse_metrics(
         ``{"teacher_entropy": h(P_t), "kl_to_uniform": log K - h(P_t),
         "kl_teacher_student": mean KL over the crop pairs, "cross_entropy": their sum,
         "student_entropy": mean h(P_s) over all student crops, "teacher_temp": tau_t,
-        "teacher_max_prob": mean over rows of max_k P_t}``, all Python floats (nats).
+        "teacher_max_prob": mean over rows of max_k P_t, "teacher_batch_entropy": h of the
+        batch-mean teacher distribution}``, all Python floats (nats). The two entropies tell
+        the collapses apart: per image (``teacher_entropy``) and of the batch mean both near
+        ``log K`` is the uniform collapse; both near 0, every image on one prototype; a low
+        per-image entropy with a high batch-mean one is the healthy state (sharp targets,
+        spread over the prototypes).
 
     Raises:
         ValueError: the row counts do not match ``2B`` and ``ncrops * B``, or ``K`` differs.
@@ -227,6 +232,7 @@ def collapse_metrics(
         "student_entropy": float(student_entropy),
         "teacher_temp": float(dino_loss.teacher_temp_at(epoch)),
         "teacher_max_prob": float(q.max(dim=1).values.mean()),
+        "teacher_batch_entropy": float(teacher_entropy(q.mean(dim=0, keepdim=True))),
     }
 
 

@@ -117,6 +117,8 @@ def test_collapse_metrics_match_loops_and_the_loss_value():
     assert metrics["teacher_temp"] == pytest.approx(temp)
     assert metrics["student_entropy"] == pytest.approx(_entropy_loop(p), rel=1e-4)
     assert metrics["teacher_max_prob"] == pytest.approx(sum(max(r) for r in q) / len(q), rel=1e-5)
+    mean_q = [sum(r[j] for r in q) / len(q) for j in range(k)]
+    assert metrics["teacher_batch_entropy"] == pytest.approx(_entropy_loop([mean_q]), rel=1e-4)
     # H(P_t, P_s) = h(P_t) + KL(P_t || P_s): the cross-entropy IS the DINO loss of this batch
     loss = loss_fn(student, teacher, epoch)
     assert metrics["cross_entropy"] == pytest.approx(loss.item(), rel=1e-5)
@@ -135,6 +137,18 @@ def test_collapse_metrics_see_sharpening_and_its_absence():
     flat_metrics = collapse_metrics(teacher, student, flat, 0)
     assert flat_metrics["teacher_entropy"] == pytest.approx(math.log(k), abs=1e-3)
     assert flat_metrics["kl_to_uniform"] == pytest.approx(0.0, abs=1e-3)
+    # Uniform collapse: the batch mean is uniform too.
+    assert flat_metrics["teacher_batch_entropy"] == pytest.approx(math.log(k), abs=1e-3)
+    # One prototype for every image: sharp AND the batch mean is sharp.
+    one = torch.zeros(2 * b, k)
+    one[:, 3] = 10.0
+    collapsed = collapse_metrics(one, student, sharp, 0)
+    assert collapsed["teacher_entropy"] < 0.05 and collapsed["teacher_batch_entropy"] < 0.05
+    # Healthy: sharp per image, each image on its own prototype: the batch mean is spread.
+    spread = torch.eye(k)[: 2 * b] * 10.0
+    healthy = collapse_metrics(spread, student, sharp, 0)
+    assert healthy["teacher_entropy"] < 0.05
+    assert healthy["teacher_batch_entropy"] == pytest.approx(math.log(2 * b), abs=0.05)
 
 
 def test_collapse_metrics_bad_shapes():
