@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make experiments`` runs all five)::
 
-    python experiments/run.py                      # all seven experiments
+    python experiments/run.py                      # all eight experiments
     python experiments/run.py --only dino --quick  # a fast smoke run (numbers not meaningful)
 
 * ``kd``: seed 004's report over several seeds: accuracy and parameter count of the teacher,
@@ -21,6 +21,8 @@ Usage (from the repository root; ``make experiments`` runs all five)::
 * ``dino_showcase``: the same recipe on held-out data seeds, in 30 epochs and about 10
   CPU-minutes, against the same backbone trained with labels for the same CPU time
   (``experiments/dino_showcase.py``).
+* ``collapse_dark``: the collapse study with that recipe, its four variants told apart by the
+  teacher's per-image and batch-mean entropy (``experiments/collapse_dark.py``).
 
 Each experiment writes its section to ``benchmarks/experiments/<name>.md`` (with its figures
 next to it) and ``benchmarks/EXPERIMENTS.md`` is rebuilt from every section present, so the
@@ -57,7 +59,8 @@ from dinolab.train.recipes.kd import KDConfig, train_kd  # noqa: E402
 OUT = ROOT / "benchmarks" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 EXPERIMENTS = (
-    "kd", "kd_few_labels", "dino", "dino_seeds", "collapse", "course_teacher", "dino_showcase"
+    "kd", "kd_few_labels", "dino", "dino_seeds", "collapse", "course_teacher", "dino_showcase",
+    "collapse_dark",
 )
 
 
@@ -854,6 +857,10 @@ def main(argv: list[str] | None = None) -> int:
             from course_teacher import experiment_course_teacher
 
             body = experiment_course_teacher(args.quick)
+        elif name == "collapse_dark":
+            from collapse_dark import experiment_collapse_dark
+
+            body = experiment_collapse_dark(args.quick)
         elif name == "dino_showcase":
             from dino_showcase import experiment_dino_showcase
 
