@@ -70,6 +70,34 @@ def test_knn_of_a_checkpoint_equals_the_accuracy_logged_during_training(run, tmp
     assert json.loads((tmp_path / "eval_knn.json").read_text()) == result
 
 
+def test_without_data_flags_the_checkpoints_own_data_is_scored(run):
+    # The run trained on 16 dark shapes of data seed 0; no data flags: the same images.
+    result = eval_knn(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), nb_knn=(5,),
+                                 progress=False, device="cpu"))
+    assert result["knn_top1"]["5"] == run[1]["knn_top1"]
+    assert result["data"].startswith("shapes (dark, seed 0, 16 + 8 images")
+    # A flag given explicitly wins over the checkpoint's settings.
+    grey = eval_knn(_cfg(run, nb_knn=(5,), shapes_style="grey"))
+    assert grey["data"].startswith("shapes (grey, seed 0, 16 + 8 images")
+
+
+def test_checkpoint_data_settings_fill_only_what_is_unset():
+    from dinolab.train.recipes.evaluate import with_checkpoint_data
+
+    saved = {"dataset": "shapes", "num_images": 5000, "num_eval_images": 1000, "num_classes": 6,
+             "shapes_style": "dark", "seed": 0, "data_seed": 3}
+    cfg = with_checkpoint_data(EvalConfig(num_images=100), saved)
+    assert (cfg.num_images, cfg.num_eval_images, cfg.shapes_style, cfg.seed) == (
+        100, 1000, "dark", 3)
+    # Saved before styles existed: the grey shapes, its seed.
+    old = with_checkpoint_data(EvalConfig(), {"dataset": "shapes", "seed": 2, "num_images": 64})
+    assert (old.shapes_style, old.seed, old.num_images, old.num_eval_images) == (
+        "grey", 2, 64, 1000)
+    # Own images, or an official file: nothing to take.
+    assert with_checkpoint_data(EvalConfig(), {"data_path": "x", "seed": 5}).seed == 0
+    assert with_checkpoint_data(EvalConfig(), {}).shapes_style == "grey"
+
+
 def test_linear_probe_and_backbone_loading(run):
     backbone, size = load_backbone(_cfg(run))
     assert size == 32 and backbone.embed_dim == 32 and len(backbone.blocks) == 2
@@ -162,7 +190,7 @@ def test_a_checkpoint_of_own_images_evaluated_on_the_bundled_shapes_warns(tmp_pa
         result = eval_knn(cfg)
     said = " | ".join(str(w.message) for w in caught)
     assert "was trained on --data_path" in said
-    assert result["data"].startswith("shapes (seed 0, 16 + 8 images")
+    assert result["data"].startswith("shapes (grey, seed 0, 16 + 8 images")
     # k=100 > 16 images in the memory bank: reported as what was computed, k=16.
     assert set(result["knn_top1"]) == {"5", "16"} and "larger k are reported as k=16" in said
     cfg.data_path, cfg.nb_knn = str(tmp_path / "imgs"), (5,)

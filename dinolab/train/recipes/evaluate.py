@@ -96,18 +96,37 @@ class EvalConfig:
             "Labelled image folder of queries; default: every 5th image of --data_path."
         ),
     )
-    num_images: int = field(
-        default=2000, metadata=_help("Synthetic training images (shapes only).")
-    )
-    num_eval_images: int = field(
-        default=1000, metadata=_help("Synthetic test images (shapes only).")
-    )
-    num_classes: int = field(default=6, metadata=_help("Shape classes (shapes only, 2..6)."))
-    seed: int = field(
-        default=0,
+    num_images: int | None = field(
+        default=None,
         metadata=_help(
-            "Seed of the synthetic data (use the training run's to evaluate on its images) and "
-            "of the probe's initialisation."
+            "Synthetic training images (shapes only). Default: the checkpoint's own when it is a "
+            "dinolab checkpoint of the bundled data, else 2000."
+        ),
+    )
+    num_eval_images: int | None = field(
+        default=None,
+        metadata=_help(
+            "Synthetic test images (shapes only). Default: the checkpoint's own, else 1000."
+        ),
+    )
+    num_classes: int | None = field(
+        default=None,
+        metadata=_help("Shape classes (shapes only, 2..6). Default: the checkpoint's own, else 6."),
+    )
+    shapes_style: str | None = field(
+        default=None,
+        metadata=_help(
+            "Which synthetic shapes: grey or dark. Default: the ones the checkpoint was trained "
+            "on (a dinolab checkpoint records them; earlier ones trained on grey), else grey.",
+            choices=("grey", "dark"),
+        ),
+    )
+    seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "Seed of the synthetic data and of the probe's initialisation. Default: the data "
+            "seed the checkpoint was trained on (its held-out split is then the queries), "
+            "else 0."
         ),
     )
     nb_knn: tuple[int, ...] = field(
@@ -151,6 +170,41 @@ def _default_image_size(cfg: EvalConfig, patch: int) -> int:
     return 224
 
 
+# What the bundled-data settings are when neither the flags nor a checkpoint set them.
+_DATA_DEFAULTS = {"num_images": 2000, "num_eval_images": 1000, "num_classes": 6,
+                  "shapes_style": "grey", "seed": 0}
+
+
+def with_checkpoint_data(cfg: EvalConfig, args: Mapping[str, Any]) -> EvalConfig:
+    """``cfg`` with its unset bundled-data settings taken from a checkpoint's saved ``args``.
+
+    A dinolab checkpoint trained on the bundled data (no ``data_path``, the same ``dataset``)
+    gives its number of images and classes, its shapes style (``grey`` for checkpoints saved
+    before styles existed) and its data seed (``data_seed``, else ``seed``), so that the
+    evaluation scores the held-out split of the very data the run trained on. Flags given
+    explicitly win; what is still unset takes :data:`_DATA_DEFAULTS`.
+    """
+    from dataclasses import replace
+
+    saved: dict[str, Any] = {}
+    if args and not args.get("data_path") and args.get("dataset", "shapes") == cfg.dataset:
+        data_seed = args.get("data_seed")
+        saved = {
+            "num_images": args.get("num_images"),
+            "num_eval_images": args.get("num_eval_images"),
+            "num_classes": args.get("num_classes"),
+            "shapes_style": args.get("shapes_style", "grey"),
+            "seed": data_seed if data_seed is not None else args.get("seed"),
+        }
+    values = {}
+    for name, default in _DATA_DEFAULTS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            value = saved.get(name)
+        values[name] = default if value is None else value
+    return replace(cfg, **values)
+
+
 def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
     """The backbone to evaluate (eval mode) and the image size to evaluate it at.
 
@@ -158,6 +212,12 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
     dinolab checkpoint from the settings it saved, any other file from its tensors, with
     ``--arch`` / ``--patch_size`` filling in what those leave open.
     """
+    backbone, image_size, _ = _load(cfg)
+    return backbone, image_size
+
+
+def _load(cfg: EvalConfig) -> tuple[nn.Module, int, dict[str, Any]]:
+    """:func:`load_backbone` plus the checkpoint's saved settings (``{}`` for other files)."""
     from dinolab.models import backbone_from_checkpoint, is_dinolab_checkpoint, read_checkpoint
 
     path = Path(cfg.pretrained_weights)
@@ -174,7 +234,7 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
             ckpt, cfg.checkpoint_key, arch=cfg.arch, patch_size=cfg.patch_size, path=path
         )
         patch = getattr(loaded.backbone, "patch_size", 1)
-        return loaded.backbone, cfg.image_size or _default_image_size(cfg, patch)
+        return loaded.backbone, cfg.image_size or _default_image_size(cfg, patch), {}
 
     args = ckpt.get("args") or {}
     if ckpt.get("recipe") == "distill" and cfg.checkpoint_key == "teacher":
@@ -208,7 +268,7 @@ def load_backbone(cfg: EvalConfig) -> tuple[nn.Module, int]:
     image_size = cfg.image_size or args.get("global_crops_size") or getattr(
         backbone, "img_size", 224
     )
-    return backbone, int(image_size)
+    return backbone, int(image_size), dict(args)
 
 
 def _data(cfg: EvalConfig, image_size: int, patch_size: int) -> SSLData:
@@ -219,6 +279,7 @@ def _data(cfg: EvalConfig, image_size: int, patch_size: int) -> SSLData:
         num_images=cfg.num_images,
         num_eval_images=cfg.num_eval_images,
         num_classes=cfg.num_classes,
+        shapes_style=cfg.shapes_style,
         seed=cfg.seed,
         global_crops_size=image_size,
         local_crops_size=max(patch_size, image_size // 2 // patch_size * patch_size),
@@ -233,8 +294,8 @@ def _data_description(cfg: EvalConfig) -> str:
         name = "imagefolder" if cfg.dataset == "shapes" else cfg.dataset
         return f"{name} {cfg.data_path}{queries}"
     if cfg.dataset == "shapes":
-        return (f"shapes (seed {cfg.seed}, {cfg.num_images} + {cfg.num_eval_images} images, "
-                f"{cfg.num_classes} classes)")
+        return (f"shapes ({cfg.shapes_style}, seed {cfg.seed}, {cfg.num_images} + "
+                f"{cfg.num_eval_images} images, {cfg.num_classes} classes)")
     return cfg.dataset
 
 
@@ -272,9 +333,10 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
 
     _refuse_several_processes("knn")
     _output_dir(cfg)
-    fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
-    backbone, image_size = load_backbone(cfg)
+    backbone, image_size, saved = _load(cfg)
+    cfg = with_checkpoint_data(cfg, saved)
+    fix_random_seeds(cfg.seed)
     backbone.to(device)
     data = _data(cfg, image_size, getattr(backbone, "patch_size", 1))
     loader = {
@@ -327,9 +389,10 @@ def eval_linear(cfg: EvalConfig) -> dict[str, Any]:
 
     _refuse_several_processes("linear")
     _output_dir(cfg)
-    fix_random_seeds(cfg.seed)
     device = resolve_device(cfg.device)
-    backbone, image_size = load_backbone(cfg)
+    backbone, image_size, saved = _load(cfg)
+    cfg = with_checkpoint_data(cfg, saved)
+    fix_random_seeds(cfg.seed)
     data = _data(cfg, image_size, getattr(backbone, "patch_size", 1))
     model: nn.Module = backbone
     if hasattr(backbone, "get_intermediate_layers") and cfg.n_last_blocks > 1:
