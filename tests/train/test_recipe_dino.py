@@ -299,3 +299,21 @@ def test_unset_augmentation_suits_the_data_dark_shapes_or_official(tmp_path):
     assert mine["rotation_degrees"] == 30.0 and mine["solarization_prob"] == 0.2
     aug = build_ssl_data(tiny(tmp_path, shapes_style="grey")).train_set.transform
     assert aug.rotation_degrees == 0.0 and aug.probs["global2_solarize_prob"] == 0.2
+
+
+def test_settings_saved_before_the_new_defaults_load_as_they_ran():
+    from dinolab.train.recipes.distill import DistillConfig
+
+    # A config.json of a run made with the earlier defaults: no shapes_style, blur_prob,
+    # solarization_prob or data_seed keys.
+    old = {k: v for k, v in vars(DINOConfig.classic(epochs=3)).items()
+           if k not in ("shapes_style", "blur_prob", "solarization_prob", "data_seed")}
+    loaded = DINOConfig.from_args(old)
+    assert loaded == DINOConfig.classic(epochs=3)
+    assert (loaded.shapes_style, loaded.solarization_prob) == ("grey", 0.2)
+    # New settings load as they are.
+    assert DINOConfig.from_args(vars(DINOConfig(epochs=3))) == DINOConfig(epochs=3)
+    # The distill recipe's classic settings keep its own choices (as its earlier defaults).
+    classic = DistillConfig.classic()
+    assert (classic.freeze_last_layer, classic.koleo_loss_weight) == (0, 0.1)
+    assert (classic.arch, classic.patch_size, classic.shapes_style) == ("vit_course", 8, "grey")

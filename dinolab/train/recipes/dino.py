@@ -25,8 +25,8 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -304,9 +304,29 @@ class DINOConfig(SSLConfig):
     )
 
     @classmethod
-    def classic(cls, **overrides: Any) -> DINOConfig:
-        """The earlier defaults (:data:`CLASSIC_SETTINGS`), then ``overrides``."""
-        return cls(**{**CLASSIC_SETTINGS, **overrides})
+    def classic_settings(cls) -> dict[str, Any]:
+        """The settings :meth:`classic` applies: :data:`CLASSIC_SETTINGS` for this recipe."""
+        return dict(CLASSIC_SETTINGS)
+
+    @classmethod
+    def classic(cls, **overrides: Any) -> Self:
+        """The earlier defaults (:meth:`classic_settings`), then ``overrides``."""
+        return cls(**{**cls.classic_settings(), **overrides})
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> Self:
+        """The configuration a checkpoint's ``"args"`` (or ``config.json``) describes.
+
+        Settings saved before the course-teacher recipe (no ``shapes_style`` key) had the
+        earlier defaults: what they leave out is taken from :meth:`classic_settings`, not from
+        today's defaults, so an old grey-shapes run is rebuilt as it ran.
+        """
+        if args and "shapes_style" not in args:
+            names = {f.name for f in fields(cls)}
+            saved = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()
+                     if k in names}
+            return cls(**{**cls.classic_settings(), **saved})
+        return super().from_args(args)
 
 
 #: The ``dino`` recipe's defaults before the course-teacher recipe: official DINO's

@@ -146,6 +146,13 @@ class DistillConfig(DINOConfig):
     #: Inherited DINO flags that mean nothing for a frozen teacher; the CLI hides them.
     cli_exclude = ("momentum_teacher",)
 
+    @classmethod
+    def classic_settings(cls) -> dict[str, Any]:
+        """The earlier dino defaults, except the ones this recipe sets itself (its last layer
+        is not frozen, KoLeo is one of its five losses): the earlier distill defaults."""
+        own = ("freeze_last_layer", "koleo_loss_weight")
+        return {k: v for k, v in super().classic_settings().items() if k not in own}
+
 
 def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
     """The frozen teacher as ``(backbone, head, out_dim)``, from a dinolab or official file.
