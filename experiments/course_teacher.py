@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ def experiment_course_teacher(quick: bool) -> str:
     shown = "dinolab train dino " + " ".join(flags)
     print(f"running: {shown}", flush=True)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run each time (no --resume)
     wall, cpu = time.perf_counter(), _child_cpu_s()
     subprocess.run(command, cwd=ROOT, env=env, check=True)
     wall, cpu = time.perf_counter() - wall, _child_cpu_s() - cpu
@@ -128,7 +130,8 @@ def experiment_course_teacher(quick: bool) -> str:
         f"of {cfg.num_images} dark shapes; the figures are on its test split of "
         f"{cfg.num_eval_images} images, which no step saw) in {record['cpu_minutes_total']:.1f} "
         f"CPU-minutes ({record['cpu_minutes_training']:.1f} of them training, the rest the "
-        f"per-epoch k-NN evaluations; {record['wall_minutes']:.1f} minutes wall-clock). "
+        f"per-epoch k-NN evaluations, start-up and data generation; "
+        f"{record['wall_minutes']:.1f} minutes wall-clock). "
         f"Committed as `dinolab/assets/course_teacher.pth` ({size_mb:.1f} MB, teacher only) with "
         "its record `course_teacher.json`; `tests/train/test_course_teacher.py` recomputes the "
         "k-NN figure from the file.",

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,18 +63,30 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
         if epochs is None:
             flags += ["--epochs", "2"]
     command = "dinolab train dino " + " ".join(flags)
-    print(f"running: {command}", flush=True)
-    cpu = _child_cpu_s()
-    subprocess.run([sys.executable, "-m", "dinolab", "train", "dino", *flags], cwd=ROOT,
-                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, check=True)
-    cpu = _child_cpu_s() - cpu
-    epochs_log = [json.loads(x) for x in (out_dir / "log_epochs.jsonl").read_text().splitlines()]
+    expected = epochs or (2 if quick else 30)
+    log = out_dir / "log_epochs.jsonl"
+    done = log.is_file() and len(log.read_text().splitlines()) == expected
+    cpu: float | None = None
+    if done and (out_dir / "checkpoint.pth").is_file():
+        print(f"measuring the finished run of: {command}", flush=True)
+    else:
+        print(f"running: {command}", flush=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run (no --resume)
+        # The same thread count as this process, where the supervised baseline runs.
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
+               "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        cpu = _child_cpu_s()
+        subprocess.run([sys.executable, "-m", "dinolab", "train", "dino", *flags], cwd=ROOT,
+                       env=env, check=True)
+        cpu = _child_cpu_s() - cpu
+    epochs_log = [json.loads(x) for x in log.read_text().splitlines()]
     curve_cpu, total = [], 0.0
     for e in epochs_log:
         total += e["epoch_cpu_time_s"]
         curve_cpu.append(total)
     return {
         "command": command,
+        "epochs": epochs,
         "train_cpu_s": total,
         "total_cpu_s": cpu,
         "cpu_curve_s": curve_cpu,
@@ -87,9 +100,11 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
 def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, Any]:
     """The dino recipe's backbone trained with labels for ``cpu_budget_s`` of process CPU time.
 
-    Same data seed, augmentation (the first global crop of ``dinolab train dino``'s multi-crop),
-    backbone, optimiser (AdamW, the recipe's lr and weight decay, one warm-up epoch, cosine
-    decay over the steps the budget allows, estimated from the first 10 steps) and batch; a
+    Same data seed, augmentation (the first global crop of ``dinolab train dino``'s multi-crop;
+    the second global crop is drawn too and discarded, a small cost charged to this side),
+    backbone, optimiser (AdamW, the recipe's lr and weight decay, one warm-up epoch, then a
+    cosine decay over the fraction of the CPU budget used, so it ends at the budget whatever
+    the speed), batch and thread count (this process's, which the DINO run is given too); a
     linear classifier on the CLS feature, cross-entropy. Measured like the DINO teacher.
     """
     from dinolab.eval import attention_jaccard, centre_prior_jaccard
@@ -112,7 +127,7 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
         collate_fn=data.collate_fn, generator=torch.Generator().manual_seed(seed),
     )
     per_epoch = len(loader)
-    step, planned, epoch = 0, None, 0
+    step, epoch = 0, 0
     start = time.process_time()
     while time.process_time() - start < cpu_budget_s:
         data.train_set.set_epoch(epoch)
@@ -120,11 +135,8 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
             used = time.process_time() - start
             if used >= cpu_budget_s:
                 break
-            if planned is None and step == 10:
-                planned = max(per_epoch + 1, int(cpu_budget_s / (used / 10)))
-            total = planned or 10 * per_epoch
             warm = min(1.0, (step + 1) / per_epoch)
-            progress = min(1.0, step / total)
+            progress = used / cpu_budget_s
             for group in optimizer.param_groups:
                 group["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
             loss = F.cross_entropy(model(views[0]), labels)
@@ -143,6 +155,8 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     target = torch.from_numpy(masks[:n])
     result = attention_jaccard(backbone, images, target)
     return {
+        "budget_s": cpu_budget_s,
+        "threads": torch.get_num_threads(),
         "steps": step,
         "train_cpu_s": train_cpu,
         "knn_top1": knn,
@@ -153,10 +167,14 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     }
 
 
-def _cached(path: Path, make: Any, *args: Any) -> dict[str, Any]:
-    """``make(*args)``, saved as JSON at ``path``; read back when the file exists."""
+def _cached(path: Path, make: Any, *args: Any, key: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """``make(*args)``, saved as JSON at ``path``; read back when the file exists and its
+    entries agree with ``key`` (else made again)."""
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if all(saved.get(k) == v for k, v in (key or {}).items()):
+            return saved
     result = make(*args)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -166,8 +184,9 @@ def _cached(path: Path, make: Any, *args: Any) -> dict[str, Any]:
 def _stat(values: list[float], fmt: str = "{:.1f}") -> str:
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(sd)}"
+    if len(values) == 1:
+        return f"{fmt.format(values[0])} (one seed)"
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
 def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
@@ -208,7 +227,6 @@ def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
 
 
 def experiment_dino_showcase(quick: bool, seeds: list[int]) -> str:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     root = RUNS / "quick" if quick else RUNS
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for budget, epochs in BUDGET_EPOCHS.items():
@@ -216,9 +234,12 @@ def experiment_dino_showcase(quick: bool, seeds: list[int]) -> str:
             continue
         for seed in seeds:
             out_dir = root / f"dino_{budget}_seed{seed}"
-            dino = _cached(out_dir / "figures.json", run_dino, seed, epochs, out_dir, quick)
+            dino = _cached(out_dir / "figures.json", run_dino, seed, epochs, out_dir, quick,
+                           key={"epochs": epochs})
             sup = _cached(out_dir / "supervised.json", train_supervised, seed,
-                          dino["train_cpu_s"], quick)
+                          dino["train_cpu_s"], quick,
+                          key={"budget_s": dino["train_cpu_s"],
+                               "threads": torch.get_num_threads()})
             results.setdefault(budget, {})[seed] = {"dino": dino, "supervised": sup}
     figure = OUT / ("dino_showcase_quick.png" if quick else "dino_showcase.png")
     _plot(results, figure)
