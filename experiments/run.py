@@ -1,6 +1,6 @@
 """The course's experiments, measured and written to ``benchmarks/EXPERIMENTS.md``.
 
-Usage (from the repository root; ``make experiments`` runs all five)::
+Usage (from the repository root; ``make experiments`` runs them all)::
 
     python experiments/run.py                      # all eight experiments
     python experiments/run.py --only dino --quick  # a fast smoke run (numbers not meaningful)

@@ -240,7 +240,8 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        # round: a ratio read back from a file (hidden / D) may be a hair under the integer.
+        self.mlp = Mlp(dim, round(dim * mlp_ratio), drop=drop)
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

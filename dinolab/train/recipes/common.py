@@ -94,8 +94,9 @@ class SSLConfig(TrainConfig):
     data_seed: int | None = field(
         default=None,
         metadata=_help(
-            "Seed of the synthetic images (shapes only). Default: --seed. Set it apart from "
-            "--seed to report on data that took no part in choosing settings."
+            "Seed of the bundled data (the shapes' images, the digits' split). Default: "
+            "--seed. Set it apart from --seed to report on data that took no part in choosing "
+            "settings."
         ),
     )
     global_crops_scale: tuple[float, float] = field(

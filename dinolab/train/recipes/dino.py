@@ -67,11 +67,12 @@ __all__ = [
 class DINOConfig(SSLConfig):
     """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults).
 
-    The defaults are the course teacher's recipe: ``vit_micro`` (8x8 patches of 32 px images) on
-    5000 dark shapes for 30 epochs, the settings under which DINO's teacher leaves uniform
-    targets and learns shape on a CPU (``experiments/dino_research.md``). :meth:`classic` gives
-    the earlier defaults: official DINO's augmentation and temperatures with the 16-token
-    ``vit_course`` on the grey shapes, what the short collapse studies of lessons 3.3-4.2 run.
+    The defaults are the course teacher's recipe: ``vit_micro`` (4-px patches: an 8x8 grid on
+    32-px images) on 5000 dark shapes for 30 epochs, the settings under which DINO's teacher
+    leaves uniform targets and learns shape on a CPU (``experiments/dino_research.md``).
+    :meth:`classic` gives the earlier defaults: official DINO's augmentation and temperatures
+    with the 16-token ``vit_course`` on the grey shapes, what the short collapse studies of
+    lessons 3.3-4.2 run.
     """
 
     output_dir: str = field(
@@ -97,7 +98,7 @@ class DINOConfig(SSLConfig):
     warmup_epochs: int = field(
         default=1,
         metadata=_help(
-            "Epochs of linear learning-rate warm-up (official: 10 of its 100+; here 1 of 30)."
+            "Epochs of linear learning-rate warm-up (official: 10 of its 100 or more)."
         ),
     )
     weight_decay_end: float = field(

@@ -315,7 +315,8 @@ class DistillTask(Task):
             if backbone.patch_size != teacher_backbone.patch_size:
                 raise ValueError(
                     f"iBOT compares patches: the student's patch_size={backbone.patch_size} must "
-                    f"equal the teacher's {teacher_backbone.patch_size} (or --ibot_loss_weight 0)"
+                    f"equal the teacher's {teacher_backbone.patch_size}: pass --patch_size "
+                    f"{teacher_backbone.patch_size} (or --ibot_loss_weight 0)"
                 )
         if cfg.spd_loss_weight > 0 and backbone.patch_size != teacher_backbone.patch_size:
             raise ValueError(
