@@ -14,8 +14,9 @@ seed 100) and each budget (the full default run, and a run of about 10 CPU-minut
    (:func:`train_supervised`) and measures it the same way.
 
 Each run's figures are saved as JSON under ``runs/experiments/showcase/`` and reused when
-present, so seeds can be run one at a time (``--showcase_seeds 1``); the section reports the
-runs that exist, with mean +- sd over the seeds it has.
+present, so seeds can be run one at a time, even in parallel (``--showcase_seeds 1`` beside
+``--showcase_seeds 2``); ``--report_only`` writes the section from the finished runs alone,
+with mean +- sd over the seeds it has.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
-def experiment_dino_showcase(quick: bool, seeds: list[int]) -> str:
+def experiment_dino_showcase(quick: bool, seeds: list[int], report_only: bool = False) -> str:
+    """Run what is missing (or, with ``report_only``, nothing) and report every finished run."""
     root = RUNS / "quick" if quick else RUNS
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for budget, epochs in BUDGET_EPOCHS.items():
@@ -234,6 +236,8 @@ def experiment_dino_showcase(quick: bool, seeds: list[int]) -> str:
             continue
         for seed in seeds:
             out_dir = root / f"dino_{budget}_seed{seed}"
+            if report_only and not (out_dir / "supervised.json").is_file():
+                continue
             dino = _cached(out_dir / "figures.json", run_dino, seed, epochs, out_dir, quick,
                            key={"epochs": epochs})
             sup = _cached(out_dir / "supervised.json", train_supervised, seed,

@@ -826,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
         help="held-out data seeds of the dino_showcase experiment (default: 1 2 3)",
     )
     parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="dino_showcase: report the finished runs, train nothing",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -864,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "dino_showcase":
             from dino_showcase import experiment_dino_showcase
 
-            body = experiment_dino_showcase(args.quick, args.showcase_seeds)
+            body = experiment_dino_showcase(args.quick, args.showcase_seeds, args.report_only)
         else:
             body = experiment_collapse(args.quick)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
