@@ -5,7 +5,8 @@ These read the committed ``.ipynb`` files only (no kernel), so they take seconds
 * the five lessons exist under their names and point to graded exercises that exist;
 * every value in a parameters cell is a Python literal, so ``course_runner -p NAME=VALUE``
   (which injects literals) can override each of them;
-* lesson 6's default teacher is the very file lesson 4.3 writes, inside the ignored build/.
+* lesson 6's default teacher is the very file lesson 4.3 writes, inside the ignored build/;
+* lesson 4.3 shows the committed course teacher (``dinolab.train.course_teacher``).
 """
 
 from __future__ import annotations
@@ -74,15 +75,19 @@ def test_lesson_6_reads_the_checkpoint_lesson_4_3_writes() -> None:
     assert (COURSE / written).resolve().is_relative_to(ROOT / "build"), written
 
 
-def test_lessons_4_3_and_6_look_for_the_teacher_make_experiments_writes() -> None:
+def test_lesson_6_looks_for_the_teacher_make_experiments_writes() -> None:
     # experiments/run.py trains its DINO run into runs/experiments/dino (RUNS / "dino").
     expected = (ROOT / "runs" / "experiments" / "dino" / "checkpoint.pth").resolve()
-    shown = ast.literal_eval(
-        _parameters(_read("04_3_dino_loss_and_training_loop.ipynb"))["EXPERIMENT_CHECKPOINT"]
-    )
     distilled = ast.literal_eval(
         _parameters(_read("06_distilling_a_frozen_teacher.ipynb"))["EXPERIMENT_TEACHER"]
     )
-    for value in (shown, distilled):
-        assert (COURSE / value).resolve() == expected, value
+    assert (COURSE / distilled).resolve() == expected, distilled
     assert 'RUNS / "dino"' in (ROOT / "experiments" / "run.py").read_text()
+
+
+def test_lesson_4_3_shows_the_committed_course_teacher() -> None:
+    # Sections 5 and 6 load dinolab/assets/course_teacher.pth and its record, not a file that
+    # only exists after `make experiments`.
+    nb = _read("04_3_dino_loss_and_training_loop.ipynb")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "load_course_teacher()" in code and "course_teacher_record()" in code
