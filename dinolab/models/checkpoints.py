@@ -423,8 +423,8 @@ def _load_state(
 _DINOLAB_FORMAT = "dinolab-checkpoint"
 _DINOLAB_VERSION = 1  # dinolab.train.checkpoint.CHECKPOINT_VERSION
 # (embed_dim, depth, num_heads) of the named ViTs, as the recipes build them (``--arch``,
-# overridden by ``--embed_dim`` / ``--depth`` / ``--num_heads``).
-_VIT_SIZES = {
+# overridden by ``--embed_dim`` / ``--depth`` / ``--num_heads``); the dino recipe reads it too.
+VIT_SIZES = _VIT_SIZES = {
     "vit_course": (128, 4, 4),
     "vit_micro": (96, 4, 3),
     "vit_tiny": (192, 12, 3),

@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from dinolab.ema import ema_update
 from dinolab.models import BACKBONES
+from dinolab.models.checkpoints import VIT_SIZES
 from dinolab.schedules import cosine_schedule
 from dinolab.train import distributed as du
 from dinolab.train.engine import (
@@ -360,17 +361,11 @@ CLASSIC_SETTINGS: dict[str, Any] = {
 }
 
 
-# (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads.
+# (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads:
+# the table load_backbone rebuilds checkpoints from.
+_VIT_SIZES = VIT_SIZES
 # MLP hidden width / D where it is not 4 (vit_micro: 2; see dinolab.models.vit_micro).
 _VIT_MLP_RATIOS = {"vit_micro": 2.0}
-_VIT_SIZES = {
-    "vit_course": (128, 4, 4),
-    "vit_micro": (96, 4, 3),
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-}
 
 
 def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) -> nn.Module:
