@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from course_teacher import _child_cpu_s  # experiments/ is on the path (run.py's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "experiments" / "showcase"
@@ -44,11 +44,6 @@ HELD_OUT_SEEDS = (1, 2, 3)
 # Epochs of the two budgets: the default run (30) and one of about 10 CPU-minutes of training
 # (about 42 CPU-s per epoch on the 2-core EPYC of session 8).
 BUDGET_EPOCHS = {"full": None, "10min": 14}
-
-
-def _child_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[str, Any]:
