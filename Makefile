@@ -1,13 +1,25 @@
 # dinolab: every command a learner, an instructor or CI needs, run inside .venv/.
 # `make install` builds the environment from nothing and is safe to run again;
-# `make test` is what CI runs after it (.ci/run).
+# `make test` is what CI runs after it (.ci/run). README.md shows each target as a plain
+# `python -m ...` command too, for machines without make.
+#   make install VENV=          the active interpreter instead (a conda environment): no .venv/
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu    CPU-only torch, no CUDA libs
 
 PYTHON ?= python3.11
 VENV   := .venv
+ifeq ($(strip $(VENV)),)
+PY     := python
+VENV_PY :=
+else
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
+VENV_PY := $(PY)
 # Every target runs tools from the virtual environment first.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+endif
+PIP    := $(PY) -m pip
+# The exact torch and torchvision that CI tests (pyproject.toml only sets lower bounds).
+CONSTRAINTS := -c constraints.txt
+TORCH_INDEX ?=
 export MPLBACKEND ?= Agg
 
 .PHONY: help install test lint pytest bench experiments clean
@@ -15,18 +27,21 @@ export MPLBACKEND ?= Agg
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-$(PY):
+ifneq ($(VENV_PY),)
+$(VENV_PY):
 	$(PYTHON) -m venv $(VENV)
+endif
 
-install: $(PY)  ## create .venv/ and install dinolab with the course and test tools (idempotent)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[course,dev]"
-	@# A kernel that points at this venv's python, so notebooks import this dinolab.
+install: $(VENV_PY)  ## create .venv/ and install dinolab with the course and test tools (idempotent)
+	$(if $(VENV_PY),$(PIP) install --quiet --upgrade pip)
+	$(if $(TORCH_INDEX),$(PIP) install --quiet $(CONSTRAINTS) torch torchvision --index-url $(TORCH_INDEX))
+	$(PIP) install --quiet $(CONSTRAINTS) -e ".[course,dev]"
+	@# A kernel that points at this environment's python, so notebooks import this dinolab.
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dinolab)" >/dev/null
 	$(PY) -c "import torch, torchvision, dinolab; print('dinolab', dinolab.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
 lint:  ## ruff over the whole repository
-	$(VENV)/bin/ruff check .
+	$(PY) -m ruff check .
 
 pytest:  ## the test suite only
 	$(PY) -m pytest
@@ -34,17 +49,17 @@ pytest:  ## the test suite only
 test: lint pytest  ## ruff, then the whole test suite (what CI runs)
 
 .PHONY: lab course
-lab: $(PY)  ## JupyterLab on course/ (kernel "Python 3 (dinolab)")
-	env -u MPLBACKEND $(VENV)/bin/jupyter lab --ServerApp.root_dir=course
+lab: $(VENV_PY)  ## JupyterLab on course/ (kernel "Python 3 (dinolab)")
+	env -u MPLBACKEND $(PY) -m jupyter lab --ServerApp.root_dir=course
 
-course: $(PY)  ## run every lesson headless into build/course/ (notebooks + figures), a line per lesson
+course: $(VENV_PY)  ## run every lesson headless into build/course/ (notebooks + figures), a line per lesson
 	$(PY) -m dinolab.course_runner --course-dir course --out build/course
 
-bench: $(PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
-	$(PIP) install --quiet -e ".[bench]"
+bench: $(VENV_PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
+	$(PIP) install --quiet $(CONSTRAINTS) -e ".[bench]"
 	$(PY) benchmarks/run.py
 
-experiments: $(PY)  ## KD report, DINO vs baselines, collapse study, the course teacher, DINO on held-out seeds vs labels (~3 h on 2 cores); writes benchmarks/EXPERIMENTS.md
+experiments: $(VENV_PY)  ## KD report, DINO vs baselines, collapse study, the course teacher, DINO on held-out seeds vs labels (~3 h on 2 cores); writes benchmarks/EXPERIMENTS.md
 	$(PY) experiments/run.py
 
 clean:  ## remove caches and build outputs (keeps .venv/)
