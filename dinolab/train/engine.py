@@ -377,14 +377,35 @@ def fix_random_seeds(seed: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; refuses ``cuda`` without a GPU."""
+    """The torch device for a ``--device`` value: ``cpu``, ``cuda[:i]``, ``mps`` or ``auto``.
+
+    ``auto`` is CUDA when available, else the CPU; it never picks ``mps`` (Apple-silicon
+    GPUs), which is used only when asked for by name: the lessons and recipes are tested on
+    the CPU and on CUDA, not on MPS, where some operations are missing or fall back to the CPU.
+
+    Raises:
+        ValueError: an unknown device, or ``cuda``/``mps`` where this PyTorch or this machine
+            has none.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be cpu, cuda, mps or auto, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+        raise ValueError(
+            f"device {device!r} was requested but CUDA is not available; use --device cpu"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        why = (
+            "this machine has no MPS device (Apple silicon, macOS 12.3 or newer)"
+            if torch.backends.mps.is_built()
+            else f"this PyTorch ({torch.__version__}) was built without MPS"
+        )
+        raise ValueError(f"device {device!r} was requested but {why}; use --device cpu")
     return dev
 
 
