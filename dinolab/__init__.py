@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# The one place the version is written: pyproject.toml reads it ([tool.setuptools.dynamic]).
 __version__ = "0.1.0"
 
 _SUBMODULES = {

@@ -124,3 +124,13 @@ def test_console_script_points_at_an_existing_function() -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     assert path.exists(), f"console script module {path} is missing"
     assert re.search(rf"^def {func}\(", path.read_text(), re.M), f"{func}() not in {path}"
+
+
+def test_the_version_is_written_once() -> None:
+    # pyproject.toml reads dinolab.__version__; a static `version = ...` there would be a second
+    # copy to keep in step (tests/test_install_wheel.py checks the built wheel carries it).
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"], "pyproject.toml writes the version itself"
+    assert "version" in pyproject["project"].get("dynamic", []), pyproject["project"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "dinolab.__version__"}, dynamic
