@@ -7,6 +7,8 @@ inside it) or an official DINO / DINOv2 file (its architecture read from its ten
 weighted vote (several ``k`` at once, ``--nb_knn``); the linear probe trains one linear
 layer on the frozen features (:func:`dinolab.eval.train_linear_probe`), on the CLS tokens of
 the last ``--n_last_blocks`` blocks concatenated, as official DINO's ``eval_linear.py``.
+``--dump_features DIR`` saves the k-NN's features and labels as official ``eval_knn.py`` does
+(:func:`dump_features`).
 
 Examples:
     >>> r = eval_knn(EvalConfig(pretrained_weights="runs/dino/checkpoint.pth"))  # doctest: +SKIP
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader
 from dinolab.train.engine import fix_random_seeds, resolve_device
 from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data
 
-__all__ = ["EvalConfig", "load_backbone", "eval_knn", "eval_linear"]
+__all__ = ["EvalConfig", "load_backbone", "eval_knn", "eval_linear", "dump_features"]
 
 
 @dataclass
@@ -158,6 +160,15 @@ class EvalConfig:
     output_dir: str | None = field(
         default=None,
         metadata=_help("If set, write the result as eval_knn.json / eval_linear.json there."),
+    )
+    dump_features: str | None = field(
+        default=None,
+        metadata=_help(
+            "k-NN only: folder to save the computed features in, as official DINO's "
+            "eval_knn.py: trainfeat.pth and testfeat.pth (L2-normalised float32 [N, D]), "
+            "trainlabels.pth and testlabels.pth (int64 [N]); torch.load(..., "
+            "weights_only=True) reads them. Default: not saved."
+        ),
     )
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
 
@@ -311,6 +322,43 @@ def _output_dir(cfg: EvalConfig) -> Path | None:
     return out
 
 
+def _dump_dir(cfg: EvalConfig) -> Path | None:
+    """Create ``--dump_features`` up front, as ``--output_dir``."""
+    if not cfg.dump_features:
+        return None
+    out = Path(cfg.dump_features)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--dump_features {str(out)!r} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def dump_features(
+    folder: str | os.PathLike[str],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+) -> list[Path]:
+    """Save k-NN features as official DINO's ``eval_knn.py --dump_features`` does.
+
+    Args:
+        folder: an existing folder.
+        train: ``(features [N, D], labels [N])`` of the memory bank.
+        test: ``(features [M, D], labels [M])`` of the queries.
+
+    Returns:
+        The four files: ``trainfeat.pth``, ``testfeat.pth``, ``trainlabels.pth``,
+        ``testlabels.pth`` (CPU tensors, one per file).
+    """
+    out = Path(folder)
+    written = []
+    for name, tensor in (("trainfeat", train[0]), ("testfeat", test[0]),
+                         ("trainlabels", train[1]), ("testlabels", test[1])):
+        path = out / f"{name}.pth"
+        torch.save(tensor.detach().cpu(), path)
+        written.append(path)
+    return written
+
+
 def _write(cfg: EvalConfig, name: str, result: dict[str, Any]) -> None:
     out = _output_dir(cfg)
     if out is not None:
@@ -328,11 +376,16 @@ def _refuse_several_processes(command: str) -> None:
 
 
 def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
-    """Weighted k-NN top-1 accuracy (%) for every ``k`` in ``nb_knn``."""
+    """Weighted k-NN top-1 accuracy (%) for every ``k`` in ``nb_knn``.
+
+    With ``cfg.dump_features``, the memory bank's and the queries' features (L2-normalised
+    ``[N, D]``, ``[M, D]``) and labels are also saved there (:func:`dump_features`).
+    """
     from dinolab.eval import extract_features, knn_accuracy
 
     _refuse_several_processes("knn")
     _output_dir(cfg)
+    dump_dir = _dump_dir(cfg)
     device = resolve_device(cfg.device)
     backbone, image_size, saved = _load(cfg)
     cfg = with_checkpoint_data(cfg, saved)
@@ -345,6 +398,8 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
     }
     xtr, ytr = extract_features(backbone, loader["train"], device=device, progress=cfg.progress)
     xte, yte = extract_features(backbone, loader["test"], device=device, progress=cfg.progress)
+    if dump_dir is not None:
+        dump_features(dump_dir, (xtr, ytr), (xte, yte))
     xte = xte.to(device)  # the votes are computed on the queries' device (a GPU if used)
     n_bank = int(xtr.shape[0])
     if any(k > n_bank for k in cfg.nb_knn):
@@ -368,6 +423,8 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
         "train_images": int(xtr.shape[0]),
         "test_images": int(xte.shape[0]),
     }
+    if dump_dir is not None:
+        result["dump_features"] = str(dump_dir)
     _write(cfg, "eval_knn.json", result)
     return result
 
