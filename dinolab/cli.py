@@ -5,14 +5,21 @@
     dinolab train dino     [flags]   # self-distillation (official DINO's flag names)
     dinolab train kd       [flags]   # TeacherNet -> StudentNet knowledge distillation
     dinolab train distill  [flags]   # small ViT from a frozen teacher, five losses
-    dinolab eval knn       [flags]   # weighted k-NN on frozen features
+    dinolab eval knn       [flags]   # weighted k-NN on frozen features (--dump_features DIR)
     dinolab eval linear    [flags]   # linear probe on frozen features
+    dinolab export         [flags]   # a checkpoint's backbone as .pth and .safetensors
+    dinolab visualize attention [flags]   # official DINO's per-head attention maps, PNGs
+    dinolab visualize pca  [flags]   # DINOv2's PCA colours of the patch features, PNGs
     python -m dinolab ...            # the same
     torchrun --nproc_per_node=2 -m dinolab train dino ...   # several processes / GPUs
 
-Every flag is a field of the recipe's config dataclass (:class:`~dinolab.train.recipes.
-DINOConfig`, ...) with the same name, default and help text, so the library and the command
-line cannot drift apart. ``dinolab train dino --help`` lists them.
+Every flag is a field of the command's config dataclass (:class:`~dinolab.train.recipes.
+DINOConfig`, :class:`~dinolab.tools.export.ExportConfig`, ...) with the same name, default and
+help text, so the library and the command line cannot drift apart. ``dinolab train dino
+--help`` lists them. Two flags of ``train`` are the command line's own: ``--config FILE`` reads
+the settings a run saved in its ``config.json`` (flags given beside it win; see
+:mod:`dinolab.train.config_file`) and ``--tensorboard`` adds a
+:class:`~dinolab.train.tensorboard.TensorBoardLogger` to the run's callbacks.
 
 Exit codes: 0 success; 2 bad flags or bad input (argparse errors, invalid settings, missing
 or corrupt files), with a message naming the problem; 1 a run that failed while training
@@ -97,17 +104,19 @@ def _float_type(text: str) -> float:
 _float_type.__name__ = "number"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
+) -> None:
     """Add one ``--<field>`` flag per field of the dataclass ``cls`` (help from its metadata).
 
-    Fields listed in ``cls.cli_exclude`` are left out. Booleans accept ``--flag`` (true),
-    ``--flag false`` or ``--no-flag``; pairs take two numbers; ``int | None`` /
-    ``str | None`` default to None.
+    Fields listed in ``cls.cli_exclude`` or in ``exclude`` are left out. Booleans accept
+    ``--flag`` (true), ``--flag false`` or ``--no-flag``; pairs take two numbers;
+    ``int | None`` / ``str | None`` default to None.
     """
     hints = typing.get_type_hints(cls)
-    exclude = set(getattr(cls, "cli_exclude", ()))
+    excluded = set(getattr(cls, "cli_exclude", ())) | set(exclude)
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
+        if f.name in excluded:
             continue
         meta = dict(f.metadata)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -170,6 +179,14 @@ _DESCRIPTIONS = {
     "knn": "Weighted k-NN accuracy (official DINO's eval_knn) of a checkpoint's frozen features.",
     "linear": "Linear-probe accuracy (official DINO's eval_linear) of a checkpoint's frozen "
     "features.",
+    "export": "Write a checkpoint's teacher (or student) backbone as a plain state dict (.pth) and "
+    "as safetensors, in dinolab's key layout or timm's, and print how to load it.",
+    "attention": "Official DINO's visualize_attention: per head, the last block's CLS attention "
+    "and the smallest set of patches holding --threshold (60%) of it, overlaid on each image; "
+    "writes img.png, attn-head{j}.png and attention_figure.png per image.",
+    "pca": "DINOv2's PCA colours: one PCA over the patch features of all the images, its first "
+    "component splitting foreground from background, the foreground coloured by a second PCA; "
+    "writes img.png, pca.png and pca_figure.png per image.",
 }
 
 
@@ -180,12 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dinolab",
-        description="Train and evaluate DINO-style self-supervised and distilled models.",
+        description="Train, evaluate, export and visualise DINO-style self-supervised and "
+        "distilled models.",
         epilog="Run `dinolab train dino --help` for a recipe's flags. Several processes: "
         "torchrun --nproc_per_node=N -m dinolab train dino ...",
     )
     parser.add_argument("--version", action="version", version=f"dinolab {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,eval,export,visualize}"
+    )
     train = commands.add_parser(
         "train", help="train a recipe: dino, kd or distill", description="Train one of the recipes."
     )
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=_DESCRIPTIONS[name].split(":")[0], description=_DESCRIPTIONS[name]
         )
         add_config_arguments(sub, cls)
+        _add_train_only_arguments(sub)
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a checkpoint: knn or linear",
@@ -203,8 +224,129 @@ def build_parser() -> argparse.ArgumentParser:
     modes = evaluate.add_subparsers(dest="mode", required=True, metavar="{knn,linear}")
     for name in ("knn", "linear"):
         sub = modes.add_parser(name, help=_DESCRIPTIONS[name], description=_DESCRIPTIONS[name])
-        add_config_arguments(sub, EvalConfig)
+        # Official DINO dumps features from eval_knn.py only.
+        add_config_arguments(sub, EvalConfig, exclude=() if name == "knn" else ("dump_features",))
+    from dinolab.tools.export import ExportConfig
+    from dinolab.tools.visualize import AttentionConfig, PCAConfig
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint's backbone (.pth, .safetensors)",
+        description=_DESCRIPTIONS["export"],
+    )
+    add_config_arguments(export, ExportConfig)
+    visualize = commands.add_parser(
+        "visualize",
+        help="draw a ViT's attention maps or PCA colours as PNGs",
+        description="What a trained ViT looks at, written as PNGs (matplotlib).",
+    )
+    kinds = visualize.add_subparsers(dest="kind", required=True, metavar="{attention,pca}")
+    for name, cls in (("attention", AttentionConfig), ("pca", PCAConfig)):
+        sub = kinds.add_parser(
+            name, help=_DESCRIPTIONS[name].split(":")[0], description=_DESCRIPTIONS[name]
+        )
+        add_config_arguments(sub, cls)
     return parser
+
+
+def _add_train_only_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--tensorboard``: flags of the command line, not of the recipe."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="Read the settings from FILE, a config.json that a run wrote to its output_dir "
+        "(or a JSON object of flag names and values written by hand); flags given on the "
+        "command line override it. A key that is no flag of this recipe is an error. Repeat a "
+        "run with --config runs/a/config.json --output_dir runs/b. (default: None)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        type=bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="Also log every step's and epoch's metrics as TensorBoard event files in "
+        "<output_dir>/tensorboard (needs pip install 'dinolab[tensorboard]'); the JSON-lines "
+        "logs are written either way. (default: False)",
+    )
+
+
+def _subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    """The parser of a sub-command, e.g. ``_subparser(parser, "train", "dino")``."""
+    for name in names:
+        action = next(
+            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+        )
+        parser = action.choices[name]
+    return parser
+
+
+def _config_value(action: argparse.Action, key: str, value: Any) -> Any:
+    """A config file's ``value`` for flag ``--key``, checked as the flag checks its text."""
+    nargs = action.nargs
+    if nargs in (None, "?"):
+        if isinstance(value, list | dict):
+            raise ValueError(f"{key}: expected one value, got {value!r}")
+        items = [value]
+    else:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list of values, got {value!r}")
+        if isinstance(nargs, int) and len(value) != nargs:
+            raise ValueError(f"{key}: expected {nargs} values, got {value!r}")
+        if not value:
+            raise ValueError(f"{key}: expected at least one value, got []")
+        items = value
+    converted = []
+    for item in items:
+        if isinstance(item, list | dict):
+            raise ValueError(f"{key}: expected a number, string or boolean, got {item!r}")
+        text = str(item).lower() if isinstance(item, bool) else str(item)
+        try:
+            parsed = action.type(text) if action.type is not None else text
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            raise ValueError(f"{key}: {err}") from None
+        if action.choices is not None and parsed not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise ValueError(f"{key}: {parsed!r} is not one of {choices}")
+        converted.append(parsed)
+    return converted[0] if nargs in (None, "?") else tuple(converted)
+
+
+def _config_defaults(
+    parser: argparse.ArgumentParser, cls: type, path: str, command: str
+) -> dict[str, Any]:
+    """The settings of a ``--config`` file as ``parser``'s defaults, each value checked.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`dinolab.train.config_file.read_config_file`,
+            or a value that its flag would refuse (the message names the key and the file).
+    """
+    from dinolab.train.config_file import read_config_file
+
+    values = read_config_file(path, cls, command)
+    hints = typing.get_type_hints(cls)
+    flags = {
+        a.dest: a
+        for a in parser._actions
+        if a.option_strings and a.option_strings[0] == f"--{a.dest}"
+    }
+    defaults: dict[str, Any] = {}
+    try:
+        for key, value in values.items():
+            if key in ("config", "tensorboard"):
+                continue
+            if value is None:
+                if type(None) not in typing.get_args(hints[key]):
+                    raise ValueError(f"{key}: null, but the setting needs a value")
+                defaults[key] = None
+            elif key in flags:
+                defaults[key] = _config_value(flags[key], key, value)
+            else:  # a setting without a flag (distill's momentum_teacher): taken as it is
+                defaults[key] = tuple(value) if isinstance(value, list) else value
+    except ValueError as err:
+        raise ValueError(f"--config {str(path)!r}: {err}") from None
+    return defaults
 
 
 def _to_config(cls: type, namespace: argparse.Namespace) -> Any:
@@ -236,20 +378,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dinolab`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and args.config:
+        # The file's settings become the recipe's defaults; parsing again lets the flags
+        # given on the command line win over them.
+        sub = _subparser(parser, "train", args.recipe)
+        cls = _recipes()[args.recipe][0]
+        try:
+            defaults = _config_defaults(sub, cls, args.config, f"dinolab train {args.recipe}")
+        except (ValueError, FileNotFoundError) as err:
+            sub.error(str(err))  # exits with code 2
+        sub.set_defaults(**defaults)
+        args = parser.parse_args(argv)
     from dinolab.train import distributed as du
     from dinolab.train.engine import NonFiniteLossError
 
     try:
         if args.command == "train":
-            cls, train_fn = _recipes()[args.recipe]
-            cfg = _to_config(cls, args)
-            use_fast_gpu_kernels(cfg.device)
-            result = train_fn(cfg)
-        else:
+            result = _train(args)
+        elif args.command == "eval":
             from dinolab.train.recipes.evaluate import EvalConfig, eval_knn, eval_linear
 
             cfg = _to_config(EvalConfig, args)
             result = eval_knn(cfg) if args.mode == "knn" else eval_linear(cfg)
+        elif args.command == "export":
+            from dinolab.tools.export import ExportConfig, export_backbone
+
+            done = export_backbone(_to_config(ExportConfig, args))
+            print(
+                f"dinolab export: wrote {done['pth']} and {done['safetensors']} "
+                f"({done['tensors']} tensors of a {done['backbone']['type']}, "
+                f"{done['layout']} layout)"
+            )
+            print(f"load it: {done['load']}")
+            return 0
+        else:
+            result = _visualize(args)
         if du.is_main_process():
             _print_result(result)
         return 0
@@ -259,11 +422,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"dinolab: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # an output folder that is a file, read-only, a full disk...
-        print(f"dinolab: error: {err}", file=sys.stderr)
+    except (OSError, ImportError) as err:  # an output folder that is read-only, a full disk,
+        print(f"dinolab: error: {err}", file=sys.stderr)  # an optional package not installed
         return 1
     finally:
         du.cleanup()
+
+
+def _train(args: argparse.Namespace) -> Any:
+    """``dinolab train <recipe>``: the recipe's run, with TensorBoard if asked."""
+    import os
+
+    cls, train_fn = _recipes()[args.recipe]
+    cfg = _to_config(cls, args)
+    use_fast_gpu_kernels(cfg.device)
+    # Before the process group exists: torchrun's RANK tells the main process.
+    if args.recipe == "kd" and not cfg.resume and os.environ.get("RANK", "0") == "0":
+        # Its engines save each phase's settings in <output_dir>/<phase>/; --config reads
+        # the recipe's, written here as the engine writes dino's and distill's.
+        from dinolab.train.config_file import write_config_file
+
+        write_config_file(cfg)
+    if not args.tensorboard:
+        return train_fn(cfg)
+    from dinolab.train.tensorboard import TensorBoardLogger
+
+    with TensorBoardLogger() as logger:
+        return train_fn(cfg, callbacks=[logger])
+
+
+def _visualize(args: argparse.Namespace) -> dict[str, Any]:
+    """``dinolab visualize attention|pca``; the result names the folder, not every PNG."""
+    from dinolab.tools.visualize import (
+        AttentionConfig,
+        PCAConfig,
+        visualize_attention,
+        visualize_pca,
+    )
+
+    if args.kind == "attention":
+        result = visualize_attention(_to_config(AttentionConfig, args))
+    else:
+        result = visualize_pca(_to_config(PCAConfig, args))
+    files = result.pop("files")
+    return {**result, "pngs": len(files)}
 
 
 def _print_result(result: Any) -> None:

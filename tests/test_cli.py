@@ -67,7 +67,7 @@ def _exit_code(argv: list[str], capsys) -> tuple[int, str, str]:
     return stop.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["eval"]])
+@pytest.mark.parametrize("argv", [[], ["train"], ["eval"], ["visualize"]])
 def test_missing_subcommand_is_a_usage_error(argv, capsys):
     code, _, err = _exit_code(argv, capsys)
     assert code == 2 and "required" in err
@@ -113,7 +113,21 @@ def test_help_texts_name_every_flag_with_its_default(capsys):
     code, out, _ = _exit_code(["train", "kd", "--help"], capsys)
     assert "--kd_temperature" in out and "--ema_momentum" in out
     code, out, _ = _exit_code(["eval", "knn", "--help"], capsys)
-    assert "--nb_knn" in out and "--pretrained_weights" in out
+    assert "--nb_knn" in out and "--pretrained_weights" in out and "--dump_features" in out
+    code, out, _ = _exit_code(["eval", "linear", "--help"], capsys)
+    assert "--dump_features" not in out  # official DINO dumps from eval_knn.py only
+    for recipe in ("dino", "kd", "distill"):  # the command line's own train flags
+        code, out, _ = _exit_code(["train", recipe, "--help"], capsys)
+        assert "--config FILE" in out and "--tensorboard" in out
+    for argv, flags in (
+        (["export"], ("--pretrained_weights", "--checkpoint_key", "--layout", "--output_dir")),
+        (["visualize", "attention"], ("--image_path", "--image_size", "--threshold")),
+        (["visualize", "pca"], ("--image_path", "--image_size", "--fg_threshold")),
+    ):
+        code, out, _ = _exit_code([*argv, "--help"], capsys)
+        assert code == 0 and all(flag in out for flag in flags), argv
+    code, out, _ = _exit_code(["visualize", "attention", "--help"], capsys)
+    assert "(default: 0.6)" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(
@@ -128,6 +142,11 @@ def test_help_texts_name_every_flag_with_its_default(capsys):
         (["train", "dino", "--global_crops_scale", "0.4"], "expected 2 arguments"),
         (["train", "dino", "--momentum-teacher", "0.9"], "unrecognized arguments"),
         (["train", "sinkhorn"], "invalid choice: 'sinkhorn'"),
+        (["export", "--layout", "onnx"], "argument --layout: invalid choice: 'onnx'"),
+        (["visualize", "heatmap"], "invalid choice: 'heatmap'"),
+        (["visualize", "attention", "--threshold", "x"], "--threshold: expected a number"),
+        (["eval", "linear", "--dump_features", "f"], "unrecognized arguments: --dump_features"),
+        (["train", "dino", "--tensorboard", "maybe"], "expected true or false, got 'maybe'"),
     ],
 )
 def test_bad_flags_exit_with_code_2_and_a_clear_message(argv, message, capsys):
@@ -229,7 +248,8 @@ def test_python_dash_m_dinolab():
 
 
 def _documented_commands() -> list[tuple[str, str]]:
-    """``(file, command)`` for every ``dinolab train|eval ...`` line in the docs and lessons."""
+    """``(file, command)`` for every ``dinolab train|eval|export|visualize ...`` line in the docs
+    and lessons."""
     files = [
         REPO / "README.md",
         REPO / "course" / "README.md",
@@ -243,7 +263,8 @@ def _documented_commands() -> list[tuple[str, str]]:
             text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
         text = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
         # Up to the end of the command: a newline, closing backtick or quote, comment, && or |.
-        for match in re.finditer(r"dinolab (?:train|eval) [^`\n#&|\"']*", text):
+        for match in re.finditer(r"dinolab (?:train|eval|export|visualize) [^`\n#&|\"']*",
+                                 text):
             found.append((str(path.relative_to(REPO)), match.group(0).strip()))
     return found
 
