@@ -23,6 +23,8 @@ Usage (from the repository root; ``make experiments`` runs them all)::
   (``experiments/dino_showcase.py``).
 * ``collapse_dark``: the collapse study with that recipe, its four variants told apart by the
   teacher's per-image and batch-mean entropy (``experiments/collapse_dark.py``).
+* ``distill_ablation``: lesson 6's distillation of the course teacher with each of its five
+  losses left out in turn, over three seeds (``experiments/distill_ablation.py``).
 
 Each experiment writes its section to ``benchmarks/experiments/<name>.md`` (with its figures
 next to it) and ``benchmarks/EXPERIMENTS.md`` is rebuilt from every section present, so the
@@ -60,7 +62,7 @@ OUT = ROOT / "benchmarks" / "experiments"
 RUNS = ROOT / "runs" / "experiments"
 EXPERIMENTS = (
     "kd", "kd_few_labels", "dino", "dino_seeds", "collapse", "course_teacher", "dino_showcase",
-    "collapse_dark",
+    "collapse_dark", "distill_ablation",
 )
 
 
@@ -866,6 +868,10 @@ def main(argv: list[str] | None = None) -> int:
             from collapse_dark import experiment_collapse_dark
 
             body = experiment_collapse_dark(args.quick)
+        elif name == "distill_ablation":
+            from distill_ablation import experiment_distill_ablation
+
+            body = experiment_distill_ablation(args.quick)
         elif name == "dino_showcase":
             from dino_showcase import experiment_dino_showcase
 
