@@ -565,8 +565,11 @@ def _dinolab_backbone(
         # The MLP width is read from the tensors (vit_micro's ratio is 2, the others' 4).
         fc1 = state.get("blocks.0.mlp.fc1.weight")
         mlp_ratio = int(fc1.shape[0]) / dim if fc1 is not None else 4.0
+        registers = state.get("register_tokens")
         backbone = VisionTransformer(img_size=size, patch_size=saved_patch or 16, embed_dim=dim,
-                                     depth=depth, num_heads=heads, mlp_ratio=mlp_ratio)
+                                     depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
+                                     num_register_tokens=0 if registers is None
+                                     else int(registers.shape[1]))
         pos = state.get("pos_embed")
         if pos is not None and pos.shape != backbone.pos_embed.shape:
             resized = _fit_pos_embed(pos, backbone.pos_embed)

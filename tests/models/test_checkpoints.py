@@ -522,3 +522,32 @@ def test_load_backbone_refuses_checkpoints_without_a_backbone(tmp_path):
         load_backbone(tmp_path / "none.pth")
     with pytest.raises(ValueError, match="which=3 must name an entry"):
         load_backbone(tmp_path / "foreign.pth", which=3)
+
+
+def test_dino_recipe_builds_register_tokens_and_load_backbone_rebuilds_them(tmp_path):
+    from dinolab.models import load_backbone
+    from dinolab.train.checkpoint import save_checkpoint
+    from dinolab.train.recipes import DINOConfig
+    from dinolab.train.recipes.dino import build_backbone_from
+
+    cfg = DINOConfig(num_register_tokens=2)
+    source = build_backbone_from(cfg).eval()
+    assert source.num_register_tokens == 2
+    with torch.no_grad():
+        source.register_tokens.normal_()  # not the near-zero init: loading must carry them
+    x = torch.randn(2, 3, 32, 32)
+    # CLS + 2 registers + 8x8 patches attend to one another.
+    assert source.get_last_selfattention(x).shape[-1] == 1 + 2 + 64
+    save_checkpoint(tmp_path / "r.pth", {
+        "teacher": {f"backbone.{k}": v for k, v in source.state_dict().items()},
+        "student": {}, "epoch": 1, "step": 4, "recipe": "dino",
+        "args": {k: getattr(cfg, k) for k in ("arch", "patch_size", "global_crops_size")},
+    })
+    backbone = load_backbone(tmp_path / "r.pth")
+    assert backbone.num_register_tokens == 2
+    with torch.no_grad():
+        assert torch.equal(backbone(x), source(x))
+    with pytest.raises(ValueError, match="num_register_tokens"):
+        build_backbone_from(DINOConfig(arch="resnet18", num_register_tokens=4))
+    with pytest.raises(ValueError, match="num_register_tokens"):
+        build_backbone_from(DINOConfig(num_register_tokens=-1))

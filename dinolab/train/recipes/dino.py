@@ -218,6 +218,14 @@ class DINOConfig(SSLConfig):
             "Override the ViT's attention heads; must divide the width (default: the --arch's)."
         ),
     )
+    num_register_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "Register tokens of the ViT (DINOv2 with registers, Darcet et al. 2024: 4): extra "
+            "learned tokens beside the CLS token that attention can use as scratch space instead "
+            "of background patches. 0: none (official DINO)."
+        ),
+    )
     out_dim: int = field(
         default=256,
         metadata=_help(
@@ -393,12 +401,14 @@ def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) ->
             num_heads=dims[2],
             mlp_ratio=_VIT_MLP_RATIOS.get(cfg.arch, 4.0),
             drop_path_rate=dpr,
+            num_register_tokens=cfg.num_register_tokens,
         )
         backbone.mask_token.requires_grad_(False)
     else:
-        if cfg.embed_dim or cfg.depth or cfg.num_heads:
+        if cfg.embed_dim or cfg.depth or cfg.num_heads or cfg.num_register_tokens:
             raise ValueError(
-                f"--embed_dim/--depth/--num_heads apply to ViTs only, not --arch {cfg.arch}"
+                "--embed_dim/--depth/--num_heads/--num_register_tokens apply to ViTs only, not "
+                f"--arch {cfg.arch}"
             )
         backbone = build_backbone(cfg.arch, small_input=cfg.global_crops_size <= 64)
     return backbone
