@@ -334,8 +334,6 @@ def _config_defaults(
     defaults: dict[str, Any] = {}
     try:
         for key, value in values.items():
-            if key in ("config", "tensorboard"):
-                continue
             if value is None:
                 if type(None) not in typing.get_args(hints[key]):
                     raise ValueError(f"{key}: null, but the setting needs a value")

@@ -213,10 +213,16 @@ def load_image(
 
 
 def _names(paths: list[Path], root: Path) -> list[str]:
-    """Each image's output sub-folder: its path under ``root`` without the ending."""
+    """Each image's output sub-folder: its path under ``root`` without the ending, or with it
+    (``cat_jpg``) where two images differ only by their ending."""
     if root.is_file():
         return [paths[0].stem]
-    return [str(p.relative_to(root).with_suffix("")) for p in paths]
+    plain = [str(p.relative_to(root).with_suffix("")) for p in paths]
+    shared = {n for n in plain if plain.count(n) > 1}
+    return [
+        f"{n}_{p.suffix.lstrip('.').lower()}" if n in shared else n
+        for n, p in zip(plain, paths, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------- model

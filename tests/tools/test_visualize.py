@@ -105,6 +105,15 @@ def test_a_single_image_file(images, tmp_path, capsys):
     assert _size(tmp_path / "one" / "object" / "attn-head0.png") == (16, 16)  # 19x16 -> 16x16
 
 
+def test_images_that_differ_only_by_their_ending_get_their_own_folders(images, tmp_path, capsys):
+    Image.open(images / "object.png").save(images / "object.jpg")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "pca", "--image_path", str(images), "--output_dir", str(out))
+    assert code == 0, err
+    assert (out / "object_jpg" / "pca.png").is_file() and (out / "object_png" / "pca.png").is_file()
+    assert not (out / "object").exists()
+
+
 @pytest.mark.parametrize("kind", ["attention", "pca"])
 def test_bad_input_is_named_and_exits_2(images, tmp_path, capsys, kind):
     out = str(tmp_path / "out")
