@@ -95,8 +95,7 @@ def experiment_distill_ablation(quick: bool, seeds: tuple[int, ...] = SEEDS) -> 
                 seed=seed,
                 progress=False,
                 plots=False,
-                **settings,
-                **change,
+                **{**settings, **change},
             )
             flags = " ".join(f"--{k} {v}" for k, v in {**settings, **change}.items())
             if seed == seeds[0]:
