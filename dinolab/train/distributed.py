@@ -102,16 +102,17 @@ def init_distributed(
     """Join the process group described by torchrun's environment, or stay single-process.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available). Under torchrun with
-            CUDA, each process takes GPU ``LOCAL_RANK``.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` (Apple GPUs; one process only) or ``None``
+            (CUDA when available). Under torchrun with CUDA, each process takes GPU
+            ``LOCAL_RANK``.
         timeout_s: collective-operation timeout in seconds.
 
     Returns:
         A :class:`DistInfo` for this process.
 
     Raises:
-        ValueError: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are malformed or inconsistent, or
-            ``cuda`` was asked for on a machine without it.
+        ValueError: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are malformed or inconsistent,
+            ``cuda`` was asked for on a machine without it, or ``mps`` with several processes.
     """
     want = torch.device(device) if device is not None else None
     if want is not None and want.type == "cuda" and not torch.cuda.is_available():
@@ -121,10 +122,17 @@ def init_distributed(
         )
     use_cuda = torch.cuda.is_available() if want is None else want.type == "cuda"
 
+    use_mps = want is not None and want.type == "mps"
+
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK")
-    if rank is None or world_size is None:
-        dev = torch.device("cpu")
+    if use_mps and rank is not None and world_size is not None and world_size > 1:
+        raise ValueError(
+            f"init_distributed: device {str(want)!r} with WORLD_SIZE={world_size}: an Apple "
+            "GPU runs one process (no NCCL or gloo on MPS); run without torchrun"
+        )
+    if rank is None or world_size is None or use_mps:
+        dev = torch.device("mps") if use_mps else torch.device("cpu")
         if use_cuda:
             # The GPU asked for, else the current one (the caller's choice; GPU 0 by default).
             # It becomes the current GPU: the CUDA RNG state that checkpoints save and restore

@@ -226,8 +226,8 @@ class TrainConfig:
     device: str = field(
         default="auto",
         metadata=_help(
-            "cpu, cuda, or auto (CUDA when available). Under torchrun each process uses GPU "
-            "LOCAL_RANK."
+            "cpu, cuda, mps (Apple GPUs, one process; untested here) or auto (CUDA when "
+            "available, never MPS). Under torchrun each process uses GPU LOCAL_RANK."
         ),
     )
     saveckp_freq: int = field(

@@ -76,14 +76,20 @@ def test_cpu_is_always_there() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="init_distributed (dinolab/train/distributed.py) maps every non-CUDA device to the "
-    "CPU, so `dinolab train ... --device mps` trains on the CPU; eval uses resolve_device alone",
-)
 def test_training_keeps_the_mps_device(monkeypatch: pytest.MonkeyPatch) -> None:
     # What the training engine does with --device: init_distributed(resolve_device(...)).
     _fake_backends(monkeypatch, cuda=False, mps=True)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    assert du.init_distributed(resolve_device("mps")).device.type == "mps"
+    info = du.init_distributed(resolve_device("mps"))
+    assert info.device.type == "mps" and (info.rank, info.world_size) == (0, 1)
+
+
+def test_mps_under_torchrun_with_several_processes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _fake_backends(monkeypatch, cuda=False, mps=True)
+    for var, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=r"'mps' with WORLD_SIZE=2: an Apple GPU runs one"):
+        du.init_distributed(resolve_device("mps"))
