@@ -1,7 +1,7 @@
-"""Networks: ViT and ResNet backbones, the DINO head, multi-crop and student-teacher wrappers,
-the knowledge-distillation CNNs, and loading of official DINO / DINOv2 checkpoints and of
-dinolab's own (:func:`load_backbone`: the trained backbone of any of them, built as the file
-says).
+"""Networks: ViT and ResNet backbones, DINOv3's ViT, the DINO head, multi-crop and
+student-teacher wrappers, the knowledge-distillation CNNs, and loading of official DINO / DINOv2 /
+DINOv3 checkpoints and of dinolab's own (:func:`load_backbone`: the trained backbone of any of
+them, built as the file says).
 
 Examples:
     >>> import torch
@@ -30,6 +30,16 @@ from dinolab.models.checkpoints import (
     load_pretrained,
     read_checkpoint,
 )
+from dinolab.models.dinov3 import (
+    DINOV3_SIZES,
+    DINOv3ViT,
+    dinov3_vitb16,
+    dinov3_vith16plus,
+    dinov3_vitl16,
+    dinov3_vitl16plus,
+    dinov3_vits16,
+    dinov3_vits16plus,
+)
 from dinolab.models.heads import DINOHead, WeightNormLinear
 from dinolab.models.kd_nets import StudentNet, TeacherNet, count_parameters
 from dinolab.models.resnet import RESNET_ARCHS, ResNetBackbone
@@ -49,7 +59,9 @@ from dinolab.models.wrappers import MultiCropWrapper, StudentTeacherWrapper
 
 __all__ = [
     "BACKBONES",
+    "DINOV3_SIZES",
     "DINOHead",
+    "DINOv3ViT",
     "DropPath",
     "MultiCropWrapper",
     "ResNetBackbone",
@@ -61,6 +73,12 @@ __all__ = [
     "WeightNormLinear",
     "build_backbone",
     "count_parameters",
+    "dinov3_vitb16",
+    "dinov3_vith16plus",
+    "dinov3_vitl16",
+    "dinov3_vitl16plus",
+    "dinov3_vits16",
+    "dinov3_vits16plus",
     "interpolate_pos_embed",
     "LoadedBackbone",
     "backbone_from_checkpoint",

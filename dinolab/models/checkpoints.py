@@ -1,4 +1,4 @@
-"""Load official DINO / DINOv2 weights (or dinolab's own) into a dinolab model.
+"""Load official DINO / DINOv2 / DINOv3 weights (or dinolab's own) into a dinolab model.
 
 Files this understands, all read with ``torch.load(..., weights_only=True)`` (no arbitrary
 code runs; ``argparse.Namespace``, which official DINO stores under ``args``, is allowed):
@@ -9,7 +9,12 @@ code runs; ``argparse.Namespace``, which official DINO stores under ``args``, is
 * a DINOv2 teacher checkpoint ``{"teacher": {backbone.*, dino_head.*, ibot_head.*}}``, possibly
   with chunked blocks (``backbone.blocks.<chunk>.<i>.``);
 * ``{"model": ...}`` or ``{"state_dict": ...}`` wrappers, and bare backbone state dicts (the
-  released ``dino_vits16_pretrain.pth``, DINOv2 hub files with ``pos_embed`` [1, 1370, D]).
+  released ``dino_vits16_pretrain.pth``, DINOv2 hub files with ``pos_embed`` [1, 1370, D]);
+* DINOv3 ViTs (``storage_tokens``, ``rope_embed.periods``, no ``pos_embed``): the released
+  ``dinov3_vit*16*_pretrain_*.pth`` files, and the same network in timm's
+  (``vit_*_patch16_dinov3``) or Hugging Face transformers' (``DINOv3ViTModel``) key layout,
+  mapped exactly onto the official one (:mod:`dinolab.models.dinov3`). They load only into a
+  :class:`~dinolab.models.dinov3.DINOv3ViT`; :func:`load_backbone` builds one from the tensors.
 
 Key matching, per file key: ``module.`` / ``_orig_mod.`` (DDP, ``torch.compile``) are always
 stripped; ``backbone.`` is stripped (or added) when that is what makes the key a model key;
@@ -51,6 +56,13 @@ import torch
 import torch.nn as nn
 
 from dinolab.ema import unwrap_model
+from dinolab.models.dinov3 import (
+    DINOV3_SIZES,
+    dinov3_layout,
+    dinov3_options,
+    dinov3_size_name,
+    dinov3_state_from_layout,
+)
 from dinolab.models.vit import interpolate_pos_embed
 
 __all__ = [
@@ -213,6 +225,13 @@ def infer_vit_options(
 def _vit_options(state: Mapping[str, torch.Tensor], path_str: str) -> dict[str, Any]:
     """:func:`infer_vit_options` of backbone tensors already read (``_backbone_tensors``)."""
     proj = state.get("patch_embed.proj.weight")
+    layout = dinov3_layout(state)
+    if layout is not None:
+        raise ValueError(
+            f"{path_str!r} is a DINOv3 ViT ({layout} key layout: storage tokens, RoPE, no "
+            "pos_embed), which build_backbone's ViTs cannot take: build it with "
+            "dinolab.models.load_backbone(path), a DINOv3ViT"
+        )
     if proj is None or proj.ndim != 4:
         return {}
     if any(_is_swiglu(k) for k in state):
@@ -346,6 +365,17 @@ def _load_state(
     """:func:`load_pretrained` of tensors already read (``_select_state_dict``)."""
     target = unwrap_model(model)
     model_state = target.state_dict()
+    layout = dinov3_layout(_backbone_tensors(state))
+    if layout is not None:
+        if not any(k.endswith("rope_embed.periods") for k in model_state):
+            raise ValueError(
+                f"{who}: {path_str!r} is a DINOv3 ViT ({layout} key layout: storage tokens, "
+                f"RoPE, no pos_embed); a {type(target).__name__} cannot take it (it would keep "
+                "random position embeddings). Build it with dinolab.models.load_backbone(path), "
+                "or load it into a dinolab.models.DINOv3ViT"
+            )
+        if layout != "official":
+            state, _ = dinov3_state_from_layout(_backbone_tensors(state), layout, path_str)
 
     matched: dict[str, torch.Tensor] = {}
     source_of: dict[str, str] = {}
@@ -633,6 +663,10 @@ def _official_backbone(
     who = "load_backbone"
     state = _select_state_dict(obj, which, where, who)
     tensors = _backbone_tensors(state)
+    layout = dinov3_layout(tensors)
+    if layout is not None:
+        return _dinov3_backbone(state, tensors, layout, where, arch, patch_size, num_heads,
+                                img_size, with_head)
     backbone: nn.Module
     if "patch_embed.proj.weight" in tensors:
         found = _vit_options(tensors, where)
@@ -712,6 +746,87 @@ def _official_backbone(
     return LoadedBackbone(backbone, head, out_dim, "official", None, {})
 
 
+def _dinov3_backbone(
+    state: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+    layout: str,
+    where: str,
+    arch: str | None,
+    patch_size: int | None,
+    num_heads: int | None,
+    img_size: int | None,
+    with_head: bool,
+) -> LoadedBackbone:
+    """Build a :class:`~dinolab.models.dinov3.DINOv3ViT` from a file's tensors, complete or refused.
+
+    Every tensor the model has must come from the file (``mask_token`` excepted: timm drops it;
+    the RoPE periods excepted for timm / transformers files, which do not store them), and every
+    backbone tensor of the file must have its place (``local_cls_norm``, used only on local crops
+    in training, excepted).
+    """
+    from dinolab.models.dinov3 import DINOv3ViT
+    from dinolab.models.heads import DINOHead
+
+    who = "load_backbone"
+    converted, sources = dinov3_state_from_layout(tensors, layout, where)
+    opts = dinov3_options(converted, num_heads=num_heads, where=where, layout=layout)
+    if patch_size is not None and patch_size != opts["patch_size"]:
+        raise ValueError(
+            f"{who}: patch_size={patch_size!r} contradicts {where!r}, whose patch embedding has "
+            f"{opts['patch_size']}-px patches"
+        )
+    name = dinov3_size_name(opts)
+    if arch is not None and arch != name:
+        raise ValueError(
+            f"{who}: arch={arch!r} contradicts {where!r}, a DINOv3 ViT ({layout} layout) of width "
+            f"{opts['embed_dim']}, {opts['depth']} blocks, {opts['ffn_layer']} feed-forward"
+            + (f" ({name})" if name else " (no released size)")
+            + f"; leave arch unset or pass one of {list(DINOV3_SIZES)}"
+        )
+    backbone = DINOv3ViT(img_size=img_size or 224, **opts)
+    model_state = backbone.state_dict()
+    may_lack = {"mask_token"} | ({"rope_embed.periods"} if layout != "official" else set())
+    missing = [k for k in model_state if k not in converted and k not in may_lack]
+    if missing:
+        raise ValueError(
+            f"{who}: {where!r} is a DINOv3 ViT ({layout} key layout) but has no tensor for "
+            f"{len(missing)} of the model's {len(model_state)} keys, e.g. {missing[:5]} "
+            "(official names): they would stay at their random initialisation"
+        )
+    stray = [sources.get(k, k) for k in converted if k not in model_state]
+    if stray:
+        raise ValueError(
+            f"{who}: {where!r} is a DINOv3 ViT ({layout} key layout) with {len(stray)} tensor(s) "
+            f"the architecture read from it has no place for, e.g. {stray[:5]}"
+        )
+    wrong = [
+        f"{sources.get(k, k)!r}: file {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+        for k, v in converted.items()
+        if tuple(v.shape) != tuple(model_state[k].shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{who}: {len(wrong)} tensor(s) of {where!r} (DINOv3, {layout} layout) have another "
+            f"shape than the architecture read from the file: {'; '.join(wrong[:5])}"
+        )
+    backbone.load_state_dict(converted, strict=False)
+    head = out_dim = None
+    saved_head = _head_options(state) if with_head else None
+    if saved_head is not None:
+        head_prefix, head_kw = saved_head
+        head = DINOHead(backbone.embed_dim, **head_kw)
+        head_state = {}
+        for key, value in state.items():
+            plain = _strip(_unwrap(key), "backbone.")
+            if plain.startswith(head_prefix):
+                head_state[plain[len(head_prefix):]] = value
+        _load_state(head, head_state, where, _MAY_LACK, who, stacklevel=4)
+        head.eval()
+        out_dim = head_kw["out_dim"]
+    backbone.eval()
+    return LoadedBackbone(backbone, head, out_dim, "official", None, {})
+
+
 def backbone_from_checkpoint(
     checkpoint: object,
     which: str = "teacher",
@@ -768,7 +883,11 @@ def load_backbone(
       bare state dicts): from its tensors, as :func:`infer_vit_options` reads them (width,
       patch size, DINOv2's LayerScale and registers; a ResNet's depth from its stages). A
       width of an official size (192, 384, 768, 1024) names the ViT, which must then be
-      complete: a file that would leave part of it random is refused.
+      complete: a file that would leave part of it random is refused;
+    * a DINOv3 ViT (official, timm or transformers key layout): a
+      :class:`~dinolab.models.dinov3.DINOv3ViT` as :func:`dinolab.models.dinov3.dinov3_options`
+      reads it (width, depth, heads from the RoPE periods, SwiGLU or GELU, storage tokens),
+      complete or refused; ViT-7B is refused.
 
     Args:
         path: the ``.pth`` file.
@@ -776,12 +895,16 @@ def load_backbone(
             evaluation) or ``"student"``. A file without that entry (a released backbone) is
             used as it is.
         arch: the architecture, for a file whose tensors do not tell it (a ViT of another
-            width); must agree with the file otherwise.
+            width); must agree with the file otherwise (a DINOv3 file: one of
+            :data:`~dinolab.models.dinov3.DINOV3_SIZES`, e.g. ``"dinov3_vitl16"``).
         patch_size: must agree with the file's patch embedding when given.
         num_heads: attention heads, the one thing a state dict cannot show: needed only for
-            a ViT of a width that is no official size, outside dinolab checkpoints.
+            a ViT of a width that is no official size, outside dinolab checkpoints (DINOv3:
+            official files show it through their RoPE periods; timm / transformers files are
+            read with heads of width 64, as every release, unless this is given).
         img_size: the resolution the position embeddings are resized to once here (None: the
-            file's own; the ViT resizes them to any input size at run time anyway).
+            file's own; the ViT resizes them to any input size at run time anyway). Only
+            recorded for DINOv3, whose RoPE needs no resizing.
 
     Returns:
         The backbone in eval mode, on the CPU: ``[B, 3, H, W] -> [B, D]``, with
