@@ -7,6 +7,8 @@
 * :mod:`~dinolab.losses.cls_token`: :class:`CLSTokenLoss`, CLS-feature distillation;
 * :mod:`~dinolab.losses.spd`: the Log-Euclidean SPD loss (:func:`spd_matrix`, :func:`spd_log`,
   :func:`log_euclidean_distance`, :class:`SPDLogEuclideanLoss`);
+* :mod:`~dinolab.losses.gram`: DINOv3's Gram anchoring, :class:`GramLoss` and
+  :func:`gram_matrix`;
 * :mod:`~dinolab.losses.kd`: Hinton distillation, :class:`DistillKL` and :func:`kd_loss`;
 * :mod:`~dinolab.losses.contrastive`: :func:`simclr_loss`, :class:`MoCoQueue`,
   :func:`moco_loss`, :class:`MoCo`, :func:`byol_loss`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dinolab.losses.cls_token import CLSTokenLoss
 from dinolab.losses.contrastive import MoCo, MoCoQueue, byol_loss, moco_loss, simclr_loss
 from dinolab.losses.dino import DINOLoss, sinkhorn_knopp
+from dinolab.losses.gram import GramLoss, gram_matrix
 from dinolab.losses.ibot import iBOTPatchLoss
 from dinolab.losses.kd import DistillKL, kd_loss
 from dinolab.losses.koleo import KoLeoLoss
@@ -31,11 +34,13 @@ __all__ = [
     "CLSTokenLoss",
     "DINOLoss",
     "DistillKL",
+    "GramLoss",
     "KoLeoLoss",
     "MoCo",
     "MoCoQueue",
     "SPDLogEuclideanLoss",
     "byol_loss",
+    "gram_matrix",
     "iBOTPatchLoss",
     "kd_loss",
     "log_euclidean_distance",
