@@ -3,9 +3,12 @@
 Seed 002 replaces DINOv3's Gram anchoring with a distance on the SPD manifold: from the
 patch tokens of the student and of the frozen teacher, build one SPD matrix per image, map
 both to the flat space of symmetric matrices with the matrix logarithm, and compare them with
-the squared Frobenius norm:
+the Frobenius norm there, the Log-Euclidean distance (Arsigny et al. 2006):
 
-    d(A, B) = || log A - log B ||_F^2        (the Log-Euclidean metric, Arsigny et al. 2006)
+    d(A, B) = || log A - log B ||_F
+
+The loss is its square d(A, B)^2, averaged over the batch (as a mean squared error is a squared
+Euclidean distance).
 
 ``log A = U diag(log lambda) U^T`` from the symmetric eigendecomposition ``A = U diag(lambda)
 U^T``. Its gradient needs care: the autograd of ``torch.linalg.eigh`` divides by eigenvalue
@@ -210,7 +213,7 @@ def log_euclidean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class SPDLogEuclideanLoss(nn.Module):
-    """Batch mean of the Log-Euclidean distance between student and teacher SPD matrices.
+    """Batch mean of the squared Log-Euclidean distance between student and teacher SPD matrices.
 
     Args:
         kind: ``"gram"`` (patch-by-patch cosine matrix ``[B, N, N]``; widths may differ) or
