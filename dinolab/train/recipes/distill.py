@@ -42,13 +42,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dinolab.train import distributed as du
 from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds, nonfinite_loss
 from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_due, knn_evaluate
 from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
 
-__all__ = ["DistillConfig", "DistillStudent", "DistillTask", "load_teacher", "train_distill"]
+__all__ = [
+    "DistillConfig",
+    "DistillStudent",
+    "DistillTask",
+    "load_teacher",
+    "resize_patch_tokens",
+    "train_distill",
+]
 
 
 @dataclass
@@ -81,8 +89,11 @@ class DistillConfig(DINOConfig):
         default="runs/dino/checkpoint.pth",
         metadata=_help(
             "Frozen teacher: a checkpoint of `dinolab train dino` (default: that recipe's default "
-            "output) or an official DINO / DINOv2 .pth file (its architecture is read from "
-            "its tensors)."
+            "output) or an official DINO / DINOv2 / DINOv3 .pth file (its architecture is read "
+            "from its tensors; DINOv3 also in timm's or transformers' key layout). A large "
+            "teacher dominates the step time on a CPU: measured here (1 thread of a shared "
+            "2-core EPYC, 224 px) DINOv3 ViT-S/16 0.17 s per image, ViT-B/16 0.57 s, ViT-L/16 "
+            "2.1 s, and it runs on 2 global crops per image per step; see --teacher_crops_size."
         ),
     )
     teacher_checkpoint_key: str = field(
@@ -96,7 +107,9 @@ class DistillConfig(DINOConfig):
         default=None,
         metadata=_help(
             "Teacher architecture for an official checkpoint; default: the ViT size its width "
-            "says (384: vit_small). Ignored for dinolab checkpoints, which record it."
+            "says (384: vit_small; a DINOv3 file: read whole from its tensors, and if given it "
+            "must be its size, e.g. dinov3_vitl16). Ignored for dinolab checkpoints, which "
+            "record it."
         ),
     )
     teacher_patch_size: int | None = field(
@@ -104,6 +117,19 @@ class DistillConfig(DINOConfig):
         metadata=_help(
             "Teacher patch size for an official checkpoint; default: read from its patch "
             "embedding (16 for DINO ViT-S/16, 14 for DINOv2). Ignored for dinolab checkpoints."
+        ),
+    )
+    teacher_crops_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Side in pixels the teacher sees the global crops at (resized bicubically; a "
+            "multiple of its patch size). Default: --global_crops_size, the student's. A "
+            "DINOv3 teacher (RoPE) takes any size: its cost falls about 4x each time the side "
+            "halves (ViT-L/16 measured at 2.1 / 0.55 / 0.23 s per image at 224 / 112 / 64 px, "
+            "1 thread), and its patch features coarsen. A patch-16 teacher on the course's 32 "
+            "px crops sees 2x2 patches: pass e.g. 64 (4x4) or 128. When its patch grid differs "
+            "from the student's, its patch tokens are resized bicubically to the student's grid "
+            "for the iBOT and SPD terms (as DINOv3 resizes its Gram teacher's)."
         ),
     )
     dino_loss_weight: float = field(
@@ -230,6 +256,24 @@ def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
     return backbone, head, out_dim
 
 
+def resize_patch_tokens(
+    tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]
+) -> torch.Tensor:
+    """Patch tokens of one grid on another: ``[B, h*w, D] -> [B, h'*w', D]``, bicubic.
+
+    How DINOv3 brings its Gram teacher's patch features (seen at a higher resolution) onto the
+    student's grid; here it lets a teacher run at its own resolution.
+    """
+    b, n, d = tokens.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(
+            f"resize_patch_tokens: {n} tokens do not form the {grid[0]}x{grid[1]} grid"
+        )
+    maps = tokens.transpose(1, 2).reshape(b, d, *grid)
+    maps = F.interpolate(maps, size=target, mode="bicubic", align_corners=False)
+    return maps.flatten(2).transpose(1, 2)
+
+
 class DistillStudent(nn.Module):
     """Student ViT + DINO head + CLS projection, one module so DDP sees every parameter.
 
@@ -310,19 +354,36 @@ class DistillTask(Task):
         backbone = build_backbone_from(cfg)
         if not hasattr(backbone, "forward_features"):
             raise ValueError(f"the distill recipe needs a ViT student, got --arch {cfg.arch}")
+        teacher_patch = int(teacher_backbone.patch_size)
+        self.teacher_size = cfg.teacher_crops_size or cfg.global_crops_size
+        if self.teacher_size < teacher_patch or self.teacher_size % teacher_patch:
+            raise ValueError(
+                f"--teacher_crops_size {self.teacher_size} must be a positive multiple of the "
+                f"teacher's patch size {teacher_patch}"
+            )
+        self.grid = (cfg.global_crops_size // backbone.patch_size,) * 2
+        self.teacher_grid = (self.teacher_size // teacher_patch,) * 2
+        # Without --teacher_crops_size the grids must match as they are; with it the teacher's
+        # patch tokens are resized to the student's grid.
+        hint = (
+            f" (or pass --teacher_crops_size, e.g. {self.grid[0] * teacher_patch}, to run the "
+            "teacher at its own resolution; its patch tokens are then resized to the student's "
+            "grid)"
+        )
         if cfg.ibot_loss_weight > 0:
             backbone.mask_token.requires_grad_(True)
-            if backbone.patch_size != teacher_backbone.patch_size:
+            if backbone.patch_size != teacher_patch and cfg.teacher_crops_size is None:
                 raise ValueError(
                     f"iBOT compares patches: the student's patch_size={backbone.patch_size} must "
-                    f"equal the teacher's {teacher_backbone.patch_size}: pass --patch_size "
-                    f"{teacher_backbone.patch_size} (or --ibot_loss_weight 0)"
+                    f"equal the teacher's {teacher_patch}: pass --patch_size "
+                    f"{teacher_patch} (or --ibot_loss_weight 0)" + hint
                 )
-        if cfg.spd_loss_weight > 0 and backbone.patch_size != teacher_backbone.patch_size:
+        if (cfg.spd_loss_weight > 0 and backbone.patch_size != teacher_patch
+                and cfg.teacher_crops_size is None):
             raise ValueError(
                 f"the SPD loss compares patch grids: the student's patch_size="
-                f"{backbone.patch_size} must equal the teacher's {teacher_backbone.patch_size} "
-                "(or --spd_loss_weight 0)"
+                f"{backbone.patch_size} must equal the teacher's {teacher_patch} "
+                "(or --spd_loss_weight 0)" + hint
             )
         self.uses_head = cfg.dino_loss_weight > 0 or cfg.ibot_loss_weight > 0
         head = (
@@ -339,7 +400,6 @@ class DistillTask(Task):
         )
         teacher_dim = teacher_backbone.embed_dim if cfg.cls_loss_weight > 0 else None
         self.student = DistillStudent(backbone, head, teacher_dim)
-        self.grid = (cfg.global_crops_size // backbone.patch_size,) * 2
         self.dino_loss = DINOLoss(
             out_dim,
             cfg.local_crops_number + 2,
@@ -404,8 +464,14 @@ class DistillTask(Task):
         masks = self._masks(2 * batch_size, ctx)
         t_logits = t_patch_logits = None
         with torch.no_grad():
-            t = self.teacher_backbone.forward_features(torch.cat(crops[:2]))
+            t_in = torch.cat(crops[:2])
+            if t_in.shape[-1] != self.teacher_size or t_in.shape[-2] != self.teacher_size:
+                t_in = F.interpolate(t_in, size=(self.teacher_size,) * 2, mode="bicubic",
+                                     align_corners=False, antialias=True)
+            t = self.teacher_backbone.forward_features(t_in)
             t_cls, t_patch = t["x_norm_clstoken"], t["x_norm_patchtokens"]
+            if self.teacher_grid != self.grid:
+                t_patch = resize_patch_tokens(t_patch, self.teacher_grid, self.grid)
             if self.uses_head:
                 t_logits = self.teacher_head(t_cls)
                 t_patch_logits = self.teacher_head(t_patch[masks]) if masks is not None else None
