@@ -92,6 +92,10 @@ _WEIGHT_NORM_NAMES = {
 def read_checkpoint(path: str | os.PathLike[str], who: str = "load_pretrained") -> object:
     """``torch.load`` a file on the CPU with ``weights_only=True``, with clear errors.
 
+    A ``.safetensors`` file (how timm and Hugging Face publish weights, e.g. DINOv3's
+    ``model.safetensors``) is read with the safetensors package instead: a flat dict of tensors,
+    no pickle at all.
+
     Args:
         path: the file.
         who: the function named at the start of error messages.
@@ -99,11 +103,14 @@ def read_checkpoint(path: str | os.PathLike[str], who: str = "load_pretrained") 
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: the file is not a PyTorch checkpoint (or is truncated), or it pickles
-            Python objects other than tensors and plain containers.
+            Python objects other than tensors and plain containers; a ``.safetensors`` file
+            that is not one, or without the safetensors package installed.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{who}: no checkpoint file at {str(p)!r}")
+    if p.suffix == ".safetensors":
+        return _read_safetensors(p, who)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(p, map_location="cpu", weights_only=True)
@@ -126,6 +133,23 @@ def read_checkpoint(path: str | os.PathLike[str], who: str = "load_pretrained") 
         raise ValueError(
             f"{who}: {str(p)!r} is not a PyTorch checkpoint, or it is truncated "
             f"({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+
+
+def _read_safetensors(p: Path, who: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(
+            f"{who}: {str(p)!r} is a .safetensors file, which needs the safetensors package: "
+            "pip install safetensors (dinolab's 'export' extra)"
+        ) from None
+    try:
+        return load_file(p, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{who}: {str(p)!r} is not a safetensors file, or it is truncated ({err})"
         ) from err
 
 

@@ -586,6 +586,7 @@ class DINOv3ViT(nn.Module):
     def get_intermediate_layers(
         self,
         x: torch.Tensor,
+        *,
         n: int | Sequence[int] = 1,
         reshape: bool = False,
         return_class_token: bool = False,
@@ -593,6 +594,11 @@ class DINOv3ViT(nn.Module):
         norm: bool = True,
     ) -> tuple[Any, ...]:
         """Outputs of chosen blocks, as the official method (first block first).
+
+        Unlike dinolab's :class:`~dinolab.models.VisionTransformer` (DINO v1's method, which
+        returns whole token sequences), this returns the PATCH tokens unless asked for more, and
+        ``n`` is keyword-only as in the official code, so that a v1-style call
+        ``get_intermediate_layers(x, 4)`` fails instead of reading a patch token as CLS.
 
         Args:
             x: images [B, C, H, W].

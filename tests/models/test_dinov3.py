@@ -234,6 +234,23 @@ def test_last_selfattention_is_the_reference_attention_and_feeds_cls_attention(t
     close(maps, ref[:, :, 0, 1 + STORAGE:].reshape(2, HEADS, 3, 5), atol=1e-5)
 
 
+def test_attention_jaccard_and_pca_features_work_on_a_dinov3_model(tmp_path):
+    from dinolab.eval.attention import attention_jaccard, patch_features, pca_colors
+
+    state = official_state()
+    model = load_backbone(write(tmp_path, state))
+    x = torch.randn(3, 3, 24, 40)
+    masks = torch.zeros(3, 24, 40, dtype=torch.bool)
+    masks[:, 8:16, 8:24] = True
+    result = attention_jaccard(model, x, masks)
+    assert 0.0 <= result.mean_map <= 1.0 and result.per_head.shape == (HEADS,)
+    feats = patch_features(model, x)  # the storage tokens left out
+    assert feats.shape == (3, 3, 5, DIM)
+    close(feats.flatten(1, 2), reference(state, x)["normed"][:, 1 + STORAGE:])
+    colors, _ = pca_colors(feats)
+    assert colors.shape[:3] == (3, 3, 5)
+
+
 def test_get_intermediate_layers_as_official(tmp_path):
     state = official_state()
     model = load_backbone(write(tmp_path, state))
@@ -254,6 +271,8 @@ def test_get_intermediate_layers_as_official(tmp_path):
     close(storage, ref[0][:, 1:n])
     with pytest.raises(ValueError, match=r"n=3 must be in \[1, 2\]"):
         model.get_intermediate_layers(x, n=3)
+    with pytest.raises(TypeError):  # keyword-only as official: no DINO v1-style call
+        model.get_intermediate_layers(x, 2)
 
 
 def test_released_sizes_have_the_official_keys_and_shapes():
@@ -466,6 +485,20 @@ def test_timm_and_transformers_layouts_give_the_official_network(tmp_path, ffn, 
             torch.testing.assert_close(model.forward_features(x)[key],
                                        official.forward_features(x)[key], rtol=0, atol=1e-5)
         close(model(x), reference(state, x)["normed"][:, 0])
+
+
+def test_a_transformers_safetensors_file_loads(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    state = official_state("swiglu", periods=default_periods(DIM // HEADS))
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(to_transformers(state), path)
+    model = load_backbone(path, num_heads=HEADS)
+    x = torch.randn(1, 3, 16, 32)
+    with torch.no_grad():
+        close(model(x), reference(state, x)["normed"][:, 0])
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        load_backbone(path)
 
 
 def test_foreign_layout_files_missing_a_tensor_or_with_extra_ones_are_refused(tmp_path):
