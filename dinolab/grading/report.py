@@ -10,6 +10,9 @@ Every autograded test cell ends in one :class:`TestResult` with a status:
 ``error``                 the learner's code (or the check) raised another exception; the
                           message is the error's last line and where it happened
 ``time limit``            the exercise ran past its time limit and was stopped
+``refused``               the solution cell uses dinolab's own implementation of what the
+                          exercise asks for (see :mod:`dinolab.grading.references`); its checks
+                          do not run and score 0
 ``not run``               an earlier problem (a set-up cell, the solution cell itself) meant the
                           check could not run; the message says which
 ========================  ====================================================================
@@ -28,6 +31,7 @@ __all__ = [
     "ERROR",
     "TIME_LIMIT",
     "NOT_RUN",
+    "REFUSED",
     "TestResult",
     "ExerciseResult",
     "NotebookResult",
@@ -43,6 +47,7 @@ NOT_ATTEMPTED = "not attempted"
 ERROR = "error"
 TIME_LIMIT = "time limit"
 NOT_RUN = "not run"
+REFUSED = "refused"
 
 NOT_ATTEMPTED_MESSAGE = (
     "not attempted yet: the stub still raises NotImplementedError; replace that line "
@@ -107,7 +112,7 @@ class ExerciseResult:
             return PASSED
         if statuses == {NOT_ATTEMPTED}:
             return "not attempted yet"
-        for s in (TIME_LIMIT, ERROR, NOT_RUN, FAILED, NOT_ATTEMPTED):
+        for s in (REFUSED, TIME_LIMIT, ERROR, NOT_RUN, FAILED, NOT_ATTEMPTED):
             if s in statuses:
                 passed = sum(t.status == PASSED for t in self.tests)
                 return f"{s} ({passed}/{len(self.tests)} checks pass)"

@@ -11,7 +11,9 @@ Order of work:
    share its time limit (``time_limit`` seconds, 60 by default). A cell still running when
    the limit is reached is interrupted and reported; if the kernel does not respond to the
    interrupt (or dies), it is restarted and the cells that had run fine before are replayed,
-   so the next exercises are still graded.
+   so the next exercises are still graded. A solution cell that uses dinolab's own
+   implementation of what it asks for (:mod:`dinolab.grading.references`, read from its
+   source) still runs, but its checks do not: they are ``refused`` and score 0.
 
 Examples:
     >>> result = grade_notebook("exercises/04_1_centering/04_1_centering.ipynb")  # doctest: +SKIP
@@ -41,6 +43,7 @@ from nbclient.util import run_sync
 from traitlets import default
 
 from dinolab.grading.notebook import Cell, Exercise, NotebookPlan, read_plan
+from dinolab.grading.references import EXTRA_REFERENCES, reference_problem
 from dinolab.grading.report import (
     ERROR,
     FAILED,
@@ -48,6 +51,7 @@ from dinolab.grading.report import (
     NOT_ATTEMPTED_MESSAGE,
     NOT_RUN,
     PASSED,
+    REFUSED,
     TIME_LIMIT,
     ExerciseResult,
     NotebookResult,
@@ -156,6 +160,12 @@ class _NotebookGrader:
         self._reply: dict[str, Any] | None = None
         self.replay: list[str] = []  # non-test cells that ran fine, replayed after a restart
         self.labels: dict[int, str] = {}  # execution count -> "your `name` cell" (for messages)
+        # the assignment, to look up its exercises' references: the notebook's name, else its
+        # folder's (a learner's renamed copy in an assignment folder still counts)
+        self.assignment = plan.path.stem
+        if self.assignment not in EXTRA_REFERENCES:
+            self.assignment = plan.path.resolve().parent.name
+        self.context: list[str] = [c.source for c in plan.setup]  # cells before the current one
 
     # -- kernel ------------------------------------------------------------------------------
 
@@ -261,9 +271,15 @@ class _NotebookGrader:
         result = ExerciseResult(name=exercise.name)
         deadline = time.monotonic() + limit
         blocked: tuple[str, str] | None = None  # (status, message) given to the remaining checks
+        refused = ""
         for cell in exercise.cells:
             remaining = deadline - time.monotonic()
+            if cell.role == "solution":
+                # read before it runs: an answer that calls the reference earns nothing
+                refused = reference_problem(self.assignment, exercise.name, cell.source,
+                                            self.context)
             if cell.role != "test":
+                self.context.append(cell.source)
                 if blocked or remaining <= 0:
                     continue
                 label = f"your `{exercise.name}` cell" if cell.role == "solution" else "a cell"
@@ -275,6 +291,10 @@ class _NotebookGrader:
                     blocked = self._solution_problem(exercise, out)
                 if out.status in ("timeout", "dead"):
                     await self._recover(out)
+                continue
+            if refused:
+                # refused whatever the cell did: the message says what to change
+                result.tests.append(_test_result(cell, exercise, REFUSED, refused))
                 continue
             if blocked:
                 result.tests.append(_test_result(cell, exercise, *blocked))
