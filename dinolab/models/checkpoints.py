@@ -400,6 +400,8 @@ def _load_state(
             )
         if layout != "official":
             state, _ = dinov3_state_from_layout(_backbone_tensors(state), layout, path_str)
+            if allow_missing is not None:  # timm and transformers never store the periods
+                allow_missing = [*allow_missing, "rope_embed.periods"]
 
     matched: dict[str, torch.Tensor] = {}
     source_of: dict[str, str] = {}

@@ -384,6 +384,12 @@ def test_load_pretrained_fills_a_dinov3_model_and_refuses_a_plain_vit(tmp_path):
     x = torch.randn(1, 3, 16, 24)
     with torch.no_grad():
         close(model.eval()(x), reference(state, x)["normed"][:, 0])
+    # timm's layout: no periods (the model keeps its own, computed) and no mask token.
+    fresh = DINOv3ViT(patch_size=PATCH, embed_dim=DIM, depth=DEPTH, num_heads=HEADS)
+    timm_path = write(tmp_path, to_timm(state), "timm.pth")
+    missing, unexpected = load_pretrained(fresh, timm_path, allow_missing=["mask_token"])
+    assert missing == ["mask_token", "rope_embed.periods"] and unexpected == []
+    torch.testing.assert_close(fresh.blocks[1].ls2.gamma, state["blocks.1.ls2.gamma"])
     plain = VisionTransformer(img_size=32, patch_size=PATCH, embed_dim=DIM, depth=DEPTH,
                               num_heads=HEADS)
     with pytest.raises(ValueError, match="is a DINOv3 ViT .*VisionTransformer cannot take it"):
