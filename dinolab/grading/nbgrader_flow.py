@@ -399,10 +399,20 @@ def scores(
 def feedback(
     ids: Sequence[str] | None = None, course_root: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """``nbgrader generate_feedback``: one HTML file per graded notebook."""
+    """``nbgrader generate_feedback``: one HTML file per graded notebook.
+
+    nbgrader's feedback template loads MathJax from a CDN, so offline its math stays raw
+    ``$...$``: each page is pointed at a copy of MathJax in its own folder instead
+    (:func:`dinolab.book.localize_mathjax`), which travels with the folder handed back.
+    """
+    from dinolab.book import localize_mathjax
+
     chosen = list(ids) if ids else _submitted_ids(course_root)
     for aid in chosen:
         run_nbgrader(["generate_feedback", aid, "--force"], course_root)
+        for page in sorted((_root(course_root) / INSTRUCTOR_DIR / "feedback").glob(
+                f"*/{aid}/*.html")):
+            localize_mathjax(page)
     return chosen
 
 
