@@ -357,9 +357,11 @@ class DistillTask(Task):
         teacher_patch = int(teacher_backbone.patch_size)
         self.teacher_size = cfg.teacher_crops_size or cfg.global_crops_size
         if self.teacher_size < teacher_patch or self.teacher_size % teacher_patch:
+            flag = ("--teacher_crops_size" if cfg.teacher_crops_size else "--global_crops_size "
+                    "(which the teacher sees without --teacher_crops_size)")
             raise ValueError(
-                f"--teacher_crops_size {self.teacher_size} must be a positive multiple of the "
-                f"teacher's patch size {teacher_patch}"
+                f"{flag} {self.teacher_size} must be a positive multiple of the teacher's patch "
+                f"size {teacher_patch}"
             )
         self.grid = (cfg.global_crops_size // backbone.patch_size,) * 2
         self.teacher_grid = (self.teacher_size // teacher_patch,) * 2
