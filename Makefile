@@ -20,6 +20,7 @@ PIP    := $(PY) -m pip
 # The exact torch and torchvision that CI tests (pyproject.toml only sets lower bounds).
 CONSTRAINTS := -c constraints.txt
 TORCH_INDEX ?=
+CHROMIUM ?=
 export MPLBACKEND ?= Agg
 
 .PHONY: help install test lint pytest bench experiments clean
@@ -39,6 +40,15 @@ install: $(VENV_PY)  ## create .venv/ and install dinolab with the course and te
 	@# A kernel that points at this environment's python, so notebooks import this dinolab.
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (dinolab)" >/dev/null
 	$(PY) -c "import torch, torchvision, dinolab; print('dinolab', dinolab.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
+	@# Chromium for the real-browser tests (tests/course/test_browser.py): Debian's package where
+	@# apt-get runs as root; elsewhere the tests skip and say so. CHROMIUM=no skips this step.
+	@if [ "$(CHROMIUM)" = no ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser tests ..."; \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	    || echo "make install: apt-get could not install chromium: the browser tests will skip"; \
+	else echo "make install: no chromium (the browser tests will skip): install it with your" \
+	  "package manager (Debian/Ubuntu: sudo apt-get install chromium)"; fi
 
 lint:  ## ruff over the whole repository
 	$(PY) -m ruff check .
@@ -48,12 +58,23 @@ pytest:  ## the test suite only
 
 test: lint pytest  ## ruff, then the whole test suite (what CI runs)
 
-.PHONY: lab course
-lab: $(VENV_PY)  ## JupyterLab on course/ (kernel "Python 3 (dinolab)")
-	env -u MPLBACKEND $(PY) -m jupyter lab --ServerApp.root_dir=course
+.PHONY: lab course book workspace
+# Rooted at the repository, so course/, exercises/ and your work/ are all reachable; it opens
+# on the welcome lesson.
+LAB_ARGS := --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/course/00_welcome.ipynb
+lab: $(VENV_PY)  ## JupyterLab on the repository, open on lesson 0 (kernel "Python 3 (dinolab)")
+	env -u MPLBACKEND $(PY) -m jupyter lab $(LAB_ARGS)
 
 course: $(VENV_PY)  ## run every lesson headless into build/course/ (notebooks + figures), a line per lesson
 	$(PY) -m dinolab.course_runner --course-dir course --out build/course
+
+book: $(VENV_PY)  ## the course website in build/book/ (offline HTML; runs lessons build/course lacks)
+	$(PY) -m dinolab.book --course-dir course --executed build/course --out build/book
+
+# Learners work in work/ (ignored by git), so `git pull` never touches their answers.
+WORKSPACE_COPY := import pathlib, shutil; [shutil.copy2(p, q) for p in sorted(pathlib.Path('exercises').rglob('*')) if p.is_file() and not {'.ipynb_checkpoints', '__pycache__'} & set(p.parts) and not (q := pathlib.Path('work', p.relative_to('exercises'))).exists() and not q.parent.mkdir(parents=True, exist_ok=True)]; print('your exercises are in work/ (files already there were kept)')
+workspace: $(VENV_PY)  ## copy exercises/ to work/ for your answers; never overwrites a file there
+	$(PY) -c "$(WORKSPACE_COPY)"
 
 bench: $(VENV_PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
 	$(PIP) install --quiet $(CONSTRAINTS) -e ".[bench]"
@@ -69,7 +90,7 @@ clean:  ## remove caches and build outputs (keeps .venv/)
 # --- exercises: learners grade themselves; instructors run nbgrader ----------------------------
 .PHONY: grade release check-release collect autograde feedback export
 EXERCISE ?= exercises
-grade:  ## grade your exercises: points and feedback (EXERCISE=exercises/04_1_centering for one)
+grade:  ## grade your exercises: points and feedback (EXERCISE=work/04_1_centering for one)
 	$(PY) -m dinolab.grading $(EXERCISE)
 
 release:  ## instructor: regenerate exercises/ from solutions/ (nbgrader); OVERWRITES exercises/

@@ -70,6 +70,8 @@ def chromium_or_skip() -> str:
     except ModuleNotFoundError:
         pytest.skip("playwright's Python client is not installed (pip install -e '.[dev]')")
     executable = find_chromium()
+    if executable is None and os.environ.get("DINOLAB_CHROMIUM"):
+        pytest.skip(f"DINOLAB_CHROMIUM={os.environ['DINOLAB_CHROMIUM']} is not a file")
     if executable is None:
         pytest.skip(
             "no Chromium on this machine: `make install` installs Debian's chromium where it "

@@ -1,0 +1,192 @@
+"""The course in a real browser: headless Chromium on JupyterLab and on the website, offline.
+
+* JupyterLab is started on a loopback port with the arguments ``make lab`` gives it (read from
+  the Makefile's ``LAB_ARGS``), in isolated Jupyter folders; Chromium opens the server's default
+  URL, which must land on lesson 0; a cell is added and run, and its output read back from the
+  page. The lesson file is never saved (autosave is off; the test checks the bytes).
+* Every page of the course website (``browser.lesson_site``) is loaded over a loopback HTTP
+  server: figures decoded, math typeset by the local MathJax (its output elements present, no
+  MathJax error).
+* Every request the pages make is recorded; any that would leave the machine is refused and
+  fails the test.
+
+Screenshots: ``build/screenshots/lab_lesson0.png``, ``book_<page>.png``. Skipped, with the
+reason, where Chromium or Playwright's client is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from browser import REPO, chromium_or_skip, lesson_site, open_page, screenshot
+
+LESSON = "course/00_welcome.ipynb"
+START_TIMEOUT_S = 90
+
+
+def _lab_args() -> list[str]:
+    """The arguments ``make lab`` passes to ``jupyter lab`` (the Makefile's LAB_ARGS)."""
+    m = re.search(r"^LAB_ARGS\s*:?=\s*(.+)$", (REPO / "Makefile").read_text(), re.M)
+    assert m, "the Makefile defines no LAB_ARGS for make lab"
+    return shlex.split(m.group(1))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_lab(tmp: Path) -> tuple[subprocess.Popen, str, str, Path]:
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ)
+    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):
+        (tmp / sub).mkdir()
+        env[var] = str(tmp / sub)
+    env.pop("MPLBACKEND", None)  # as make lab: figures inline
+    # No autosave (running a cell must not write course/), no news or update checks.
+    settings = tmp / "user-settings"
+    for plugin, values in (
+        ("@jupyterlab/docmanager-extension/plugin", {"autosave": False}),
+        ("@jupyterlab/apputils-extension/notification",
+         {"fetchNews": "false", "checkForUpdates": False}),
+    ):
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    log = tmp / "lab.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", *_lab_args(),
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False",
+         "--ServerApp.allow_root=True", f"--LabApp.user_settings_dir={settings}",
+         f"--LabApp.workspaces_dir={tmp / 'workspaces'}"],
+        cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5)
+            return proc, base, token, log
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    proc.terminate()
+    raise AssertionError(f"jupyter lab did not answer on {base}: {log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_lab_opens_lesson_0_and_runs_a_cell(tmp_path: Path) -> None:
+    executable = chromium_or_skip()
+    before = (REPO / LESSON).read_bytes()
+    proc, base, token, log_file = _start_lab(tmp_path)
+    try:
+        with open_page(executable) as (page, log):
+            # The server's default URL (what `make lab` opens) is lesson 0.
+            page.goto(f"{base}/?token={token}")
+            page.wait_for_url(re.compile(r"/lab/tree/course/00_welcome\.ipynb"), timeout=60_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]',
+                                   timeout=90_000)
+            # exercises/ is inside the server's root now (it was a 404 when rooted at course/).
+            listing = page.request.get(f"{base}/api/contents/exercises?token={token}")
+            assert listing.ok, f"exercises/ not served: {listing.status}"
+            # A new cell under the title, run with Shift+Enter.
+            page.locator(".jp-Notebook .jp-Cell").first.click()
+            page.keyboard.press("Escape")
+            page.keyboard.press("b")
+            page.keyboard.press("Enter")
+            page.keyboard.type(
+                "import os, sys, dinolab; print('ran in', os.path.basename(os.getcwd()), "
+                "'with dinolab', dinolab.__version__, 'from', sys.executable)")
+            page.keyboard.press("Shift+Enter")
+            output = page.locator(".jp-OutputArea-output", has_text="ran in course with dinolab")
+            output.first.wait_for(timeout=90_000)
+            text = output.first.inner_text()
+            from dinolab import __version__
+
+            assert f"with dinolab {__version__} from {sys.executable}" in text, text
+            screenshot(page, "lab_lesson0")
+        assert not log.remote, f"JupyterLab's page asked for remote URLs: {log.remote[:10]}"
+        assert any(u.startswith(base) for u in log.urls)
+    finally:
+        _stop(proc)
+        after = (REPO / LESSON).read_bytes()
+        if after != before:
+            (REPO / LESSON).write_bytes(before)
+            pytest.fail(f"the browser session wrote {LESSON} (restored); log: {log_file}")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_site(tmp_path_factory: pytest.TempPathFactory):
+    chromium_or_skip()  # before building the site: a machine without Chromium skips at once
+    site = lesson_site(tmp_path_factory.mktemp("site"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(_QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield site, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_website_page_renders_with_figures_and_math(served_site) -> None:
+    executable = chromium_or_skip()
+    site, base = served_site
+    pages = ["index.html", *sorted(p.name for p in site.glob("*.html") if p.name != "index.html")]
+    with open_page(executable) as (page, log):
+        for name in pages:
+            page.goto(f"{base}/{name}")
+            page.wait_for_selector('html[data-mathjax="done"]', state="attached", timeout=60_000)
+            typeset = page.locator(".MathJax, .MathJax_Display").count()
+            errors = page.locator(".MathJax_Error, merror").count()
+            assert typeset > 0, f"{name}: no typeset math (no MathJax output element)"
+            assert errors == 0, f"{name}: {errors} MathJax errors"
+            executed = "without its outputs" not in page.content()
+            if executed and name != "index.html":
+                sizes = page.eval_on_selector_all(
+                    'img[src^="data:image/png"]', "imgs => imgs.map(i => i.naturalWidth)")
+                assert sizes and all(w > 0 for w in sizes), f"{name}: figures {sizes}"
+            screenshot(page, f"book_{Path(name).stem}")
+        page.goto(f"{base}/index.html")
+        screenshot(page, "book_index_full", full_page=True)
+    assert not log.remote, f"the website asked for remote URLs: {log.remote[:10]}"
+    # MathJax probes for its TeX fonts (not in the local copy; about:blank is its font-loading
+    # probe) and then uses the STIX web fonts it ships, which must load.
+    failed = [u for u in log.failed
+              if u != "about:blank" and "/mathjax/fonts/HTML-CSS/TeX/" not in u]
+    assert not failed, f"requests that failed: {failed[:10]}"
+    assert any("/mathjax/fonts/HTML-CSS/STIX-Web/woff/" in u for u in log.urls), (
+        "MathJax loaded none of its STIX web fonts")
+    assert all(u.startswith(base) or u.startswith("data:") for u in log.urls), log.urls[:10]
