@@ -160,3 +160,37 @@ def test_copy_mathjax_is_idempotent(tmp_path: Path) -> None:
     stamp = (first / "MathJax.js").stat().st_mtime_ns
     assert copy_mathjax(tmp_path / "mj") == first
     assert (first / "MathJax.js").stat().st_mtime_ns == stamp
+
+
+def test_widget_outputs_become_a_note_and_their_state_is_dropped(tmp_path: Path) -> None:
+    """An executed explorer cell: its widget (which needs a CDN loader) gives way to a note;
+    the static figure drawn beside it stays."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    from dinolab.book import WIDGET_VIEW, build_book
+
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Lesson 9 — Explorer\n\nThe entropy $H(p)$ of a softmax."),
+        new_code_cell("explorer()", outputs=[
+            new_output("display_data", data={
+                WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0},
+                "text/plain": "interactive(children=(FloatSlider(value=0.04),))"}),
+            new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "fig"}),
+        ]),
+    ])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    (tmp_path / "course").mkdir()
+    nbformat.write(nb, tmp_path / "course" / "09_explorer.ipynb")
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    nbformat.write(nb, executed / "09_explorer.ipynb")  # as if make course had run it
+    build_book(tmp_path / "course", tmp_path / "book", executed, execute=False,
+               log=lambda line: None)
+    page = (tmp_path / "book" / "09_explorer.html").read_text(encoding="utf-8")
+    assert "An interactive control is here in JupyterLab" in page
+    assert "widget-state" not in page and "widget-view" not in page
+    assert "FloatSlider" not in page and 'src="data:image/png;base64,' in page
+    assert not [u for u in _resources(tmp_path / "book" / "09_explorer.html") if REMOTE.match(u)]
+    index = (tmp_path / "book" / "index.html").read_text(encoding="utf-8")
+    assert 'href="09_explorer.html"' in index and "Lesson 9 — Explorer" in index
