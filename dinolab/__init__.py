@@ -8,7 +8,8 @@ Subpackages (imported on first use, so ``import dinolab`` stays cheap):
 * :mod:`dinolab.data`: multi-crop augmentation, iBOT masking, bundled and torchvision data sets;
 * :mod:`dinolab.losses`: DINO, iBOT, KoLeo, CLS-token, SPD Log-Euclidean, KD, SimCLR, MoCo, BYOL;
 * :mod:`dinolab.eval`: k-NN and linear-probe evaluation, feature extraction, collapse monitors;
-* :mod:`dinolab.train`: the training engine and its recipes; :mod:`dinolab.cli`: the command line.
+* :mod:`dinolab.train`: the training engine and its recipes; :mod:`dinolab.cli`: the command line;
+* :mod:`dinolab.widgets`: the lessons' interactive explorers (a figure redrawn by sliders).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "schedules", "ema", "models", "data", "losses", "eval", "train", "grading", "cli",
+    "schedules", "ema", "models", "data", "losses", "eval", "train", "grading", "cli", "widgets",
 }
 
 __all__ = sorted(_SUBMODULES | {"__version__"})
