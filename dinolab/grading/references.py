@@ -104,6 +104,13 @@ EXTRA_REFERENCES: dict[str, dict[str, frozenset[str]]] = {
         "koleo_loss": frozenset({"KoLeoLoss"}),
         "ibot_patch_loss": frozenset({"iBOTPatchLoss"}),
     },
+    # the capstone assembles dinolab's pieces (ViT, DINOHead, DINOLoss, ema_update, photos);
+    # only the library's version of each whole part is refused
+    "07_capstone": {
+        "train_dino": frozenset({"Engine", "DINOTask"}),
+        "cls_attention_maps": frozenset({"cls_attention", "cls_to_patch_attention"}),
+        "knn_predict": frozenset({"knn_classify", "knn_votes", "knn_accuracy", "knn_evaluate"}),
+    },
 }
 """assignment -> exercise (solution cell ``grade_id``) -> names of further dinolab objects its
 answer may not use, beyond those named like what the solution cell defines."""

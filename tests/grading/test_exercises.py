@@ -34,7 +34,7 @@ def graded() -> dict[tuple[str, str], tuple[NotebookResult, bool]]:
             for p, r, b, a in zip(paths, results, before, after, strict=True)}
 
 
-def test_every_lesson_of_modules_1_to_6_has_an_assignment() -> None:
+def test_every_lesson_of_modules_1_to_6_and_the_capstone_has_an_assignment() -> None:
     assert ASSIGNMENTS == [
         "01_3_contrastive_vs_distillation",
         "02_backbones",
@@ -46,6 +46,7 @@ def test_every_lesson_of_modules_1_to_6_has_an_assignment() -> None:
         "04_3_dino_loss_and_training_loop",
         "05_knowledge_distillation",
         "06_distilling_a_frozen_teacher",
+        "07_capstone",
     ]
 
 

@@ -203,3 +203,28 @@ def test_the_grader_refuses_the_reference_and_keeps_honest_points(tmp_path: Path
     report = format_report(result)
     assert "byol_loss / byol_loss_values, byol_loss_stop_gradient (2 pt, refused)" in report
     assert "line 1: from dinolab.losses import byol_loss as f" in report
+
+
+def _capstone_problem(exercise: str, answer: str) -> str:
+    plan = read_plan(REPO / "exercises/07_capstone/07_capstone.ipynb")
+    return reference_problem("07_capstone", exercise, answer, [c.source for c in plan.setup])
+
+
+def test_the_capstone_refuses_the_librarys_parts_and_allows_its_building_blocks() -> None:
+    assert "uses dinolab.eval.cls_attention" in _capstone_problem(
+        "cls_attention_maps", "def cls_attention_maps(vit, images):\n"
+                              "    return cls_attention(vit, images)\n")
+    assert "dinolab.train.recipes.knn_evaluate" in _capstone_problem(
+        "knn_predict", "from dinolab.train.recipes import knn_evaluate\n"
+                       "def knn_predict(a, b, c, n, k=10, temperature=0.07):\n"
+                       "    return knn_evaluate(None, a, c, n)\n")
+    assert "dinolab.train.recipes.dino.train_dino" in _capstone_problem(
+        "train_dino", "import dinolab.train.recipes.dino as recipe\n"
+                      "def train_dino(images, steps=40, batch_size=16, seed=0):\n"
+                      "    return recipe.train_dino(images)\n")
+    # the building blocks the capstone names are fine
+    assert _capstone_problem(
+        "train_dino", "def train_dino(images, steps=40, batch_size=16, seed=0):\n"
+                      "    loss_fn = DINOLoss(OUT_DIM, ncrops=4)\n"
+                      "    dinolab.ema.ema_update(make_student(0), make_student(1), 0.99)\n"
+                      "    return teacher_entropy(loss_fn.center.softmax(-1))\n") == ""
