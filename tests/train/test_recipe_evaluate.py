@@ -210,3 +210,45 @@ def test_the_checkpoint_is_read_once(run, tmp_path, monkeypatch):
     assert len(calls) == 1 and size == 32 and not backbone.training
     backbone, size = load_backbone(EvalConfig(pretrained_weights=str(tmp_path / "dino_vitt16.pth")))
     assert len(calls) == 2 and backbone.embed_dim == 192 and size == 32
+
+
+def test_linear_probe_of_a_dinov3_file_concatenates_its_cls_tokens(tmp_path, capsys):
+    """A DINOv3 file (official keys: CLS, 4 storage tokens, patches; 5 blocks) with the default
+    --n_last_blocks 4: the probe reads the final-normed CLS token of each of the last 4 blocks,
+    as official DINOv3 (get_intermediate_layers(x, n=4, return_class_token=True))."""
+    from dinolab.cli import main
+    from dinolab.models import DINOv3ViT
+    from dinolab.train.recipes.evaluate import _LastBlocksCLS
+
+    torch.manual_seed(0)
+    source = DINOv3ViT(patch_size=4, embed_dim=32, depth=5, num_heads=2)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(source.state_dict(), tmp_path / "dinov3_tiny.pth")
+    code = main(["eval", "linear", "--pretrained_weights", str(tmp_path / "dinov3_tiny.pth"),
+                 "--num_images", "16", "--num_eval_images", "8", "--epochs", "2",
+                 "--no-progress", "--device", "cpu", "--output_dir", str(tmp_path / "out")])
+    capsys.readouterr()
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "eval_linear.json").read_text())
+    assert result["feature_dim"] == 4 * 32
+    assert 0.0 <= result["linear_top1"] <= 100.0
+
+    # The features, block by block, against the blocks' own outputs put through the final norm.
+    backbone, size = load_backbone(EvalConfig(pretrained_weights=str(tmp_path / "dinov3_tiny.pth")))
+    assert isinstance(backbone, DINOv3ViT) and size == 32
+    outputs: list[torch.Tensor] = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: outputs.append(o))
+             for blk in backbone.blocks]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        feats = _LastBlocksCLS(backbone, 4)(x)
+        for h in hooks:
+            h.remove()
+        last_cls = backbone(x)
+    assert feats.shape == (3, 4 * 32) and len(outputs) == 5
+    expected = torch.cat([backbone.norm(o)[:, 0] for o in outputs[1:]], dim=-1)
+    torch.testing.assert_close(feats, expected)
+    torch.testing.assert_close(feats[:, -32:], last_cls)  # the last block's: forward's CLS
+    assert not torch.allclose(feats[:, :32], feats[:, -32:], atol=1e-3)  # four different blocks

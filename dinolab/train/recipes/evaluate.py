@@ -2,7 +2,7 @@
 
 The backbone comes from a checkpoint, read once by :func:`dinolab.models.backbone_from_checkpoint`:
 a dinolab ``dino`` or ``distill`` checkpoint (its architecture is read from the settings saved
-inside it) or an official DINO / DINOv2 file (its architecture read from its tensors;
+inside it) or an official DINO / DINOv2 / DINOv3 file (its architecture read from its tensors;
 ``--arch`` and ``--patch_size`` fill in what they leave open). The k-NN is official DINO's
 weighted vote (several ``k`` at once, ``--nb_knn``); the linear probe trains one linear
 layer on the frozen features (:func:`dinolab.eval.train_linear_probe`), on the CLS tokens of
@@ -44,7 +44,7 @@ class EvalConfig:
         default="runs/dino/checkpoint.pth",
         metadata=_help(
             "Checkpoint to evaluate: a dinolab training checkpoint or an official DINO / DINOv2 "
-            "file."
+            "/ DINOv3 file (timm's and transformers' DINOv3 layouts too)."
         ),
     )
     checkpoint_key: str = field(
@@ -430,13 +430,28 @@ def eval_knn(cfg: EvalConfig) -> dict[str, Any]:
 
 
 class _LastBlocksCLS(nn.Module):
-    """CLS tokens of the last ``n`` blocks, concatenated: ``[B, n * D]`` (official linear eval)."""
+    """CLS tokens of the last ``n`` blocks, concatenated: ``[B, n * D]`` (official linear eval).
+
+    Each block's tokens go through the final LayerNorm first, as in official DINO's
+    ``eval_linear.py`` and DINOv2 / DINOv3's linear evaluations. A dinolab
+    :class:`~dinolab.models.VisionTransformer` returns whole token sequences (DINO v1's
+    ``get_intermediate_layers(x, n)``, CLS first); a :class:`~dinolab.models.DINOv3ViT` returns
+    patch tokens unless asked, so it is called as the official DINOv3 evaluation calls it,
+    ``get_intermediate_layers(x, n=n, return_class_token=True)``, and its CLS tokens are taken
+    from the ``(patches, cls)`` pairs (its storage tokens never enter the features).
+    """
 
     def __init__(self, vit: nn.Module, n: int) -> None:
         super().__init__()
         self.vit, self.n = vit, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` -> features ``[B, n * D]``, shallowest block first."""
+        from dinolab.models import DINOv3ViT
+
+        if isinstance(self.vit, DINOv3ViT):
+            pairs = self.vit.get_intermediate_layers(x, n=self.n, return_class_token=True)
+            return torch.cat([cls for _, cls in pairs], dim=-1)
         return torch.cat([t[:, 0] for t in self.vit.get_intermediate_layers(x, self.n)], dim=-1)
 
 
