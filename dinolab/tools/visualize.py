@@ -70,7 +70,8 @@ class VisualizeConfig:
         default=None,
         metadata=_help(
             "Checkpoint to visualise: a dinolab training checkpoint or an official DINO / "
-            "DINOv2 file. Default: the course teacher that ships with dinolab (official DINO "
+            "DINOv2 / DINOv3 file (a DINOv3 file's storage tokens are left out of the maps). "
+            "Default: the course teacher that ships with dinolab (official DINO "
             "downloads its reference weights instead; nothing is downloaded here)."
         ),
     )
@@ -237,21 +238,31 @@ def _require_image_path(cfg: VisualizeConfig, command: str) -> None:
 
 
 def _vit(cfg: VisualizeConfig) -> tuple[nn.Module, int, str]:
-    """The ViT to visualise, the image size to use and a description for the titles."""
+    """The ViT to visualise, the image size to use and a description for the titles.
+
+    A dinolab :class:`~dinolab.models.VisionTransformer` (DINO, DINOv2 files and dinolab
+    checkpoints) or a :class:`~dinolab.models.DINOv3ViT` (DINOv3 files in the official, timm or
+    transformers layout). Both give the last block's attention (the DINOv3 one computed
+    explicitly with RoPE) and ``x_norm_patchtokens``; their registers / storage tokens
+    (``num_register_tokens``) are left out of the attention maps and of the PCA.
+    """
+    from dinolab.models.dinov3 import DINOv3ViT
     from dinolab.models.vit import VisionTransformer
     from dinolab.train.course_teacher import COURSE_TEACHER_PATH
 
     path = cfg.pretrained_weights or str(COURSE_TEACHER_PATH)
     loaded = read_backbone(path, cfg.checkpoint_key, arch=cfg.arch, patch_size=cfg.patch_size)
     backbone = loaded.backbone
-    if not isinstance(backbone, VisionTransformer):
+    if not isinstance(backbone, VisionTransformer | DINOv3ViT):
         raise ValueError(
             f"dinolab visualize: --pretrained_weights {path!r} holds a "
             f"{getattr(backbone, 'arch', type(backbone).__name__)}; attention maps and patch "
-            "features need a ViT"
+            "features need a ViT (dinolab, DINO, DINOv2 or DINOv3)"
         )
+    # A DINOv3 file records no training resolution: img_size is DINOv3ViT's nominal 224.
     size = cfg.image_size or int(backbone.img_size)
-    arch = loaded.args.get("arch") or f"ViT D={backbone.embed_dim}"
+    kind = "DINOv3 ViT" if isinstance(backbone, DINOv3ViT) else "ViT"
+    arch = loaded.args.get("arch") or f"{kind} D={backbone.embed_dim}"
     what = f"{Path(path).name}: {arch} {cfg.checkpoint_key}, {backbone.patch_size}-px patches"
     return backbone, size, what
 

@@ -135,3 +135,63 @@ def test_threshold_outside_zero_one_is_refused(images, tmp_path, capsys):
     code, _, err = _run(capsys, "attention", "--image_path", str(images), "--threshold", "1.5",
                         "--output_dir", str(tmp_path / "out"))
     assert code == 2 and "--threshold 1.5 must be in (0, 1]" in err
+
+
+@pytest.fixture
+def dinov3_file(tmp_path):
+    """A DINOv3 ViT file (official keys: CLS, 4 storage tokens, RoPE periods, masked key bias),
+    4-px patches, width 32, 2 heads, every tensor moved off its initial value."""
+    from dinolab.models import DINOv3ViT
+
+    torch.manual_seed(0)
+    model = DINOv3ViT(patch_size=PATCH, embed_dim=32, depth=2, num_heads=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "dinov3_tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_attention_and_pca_of_a_dinov3_file(images, dinov3_file, tmp_path, capsys):
+    """Storage tokens are left out: the maps cover exactly the patch grid, and are the ones
+    cls_attention / patch_features give on the loaded model."""
+    from dinolab.models import DINOv3ViT, load_backbone
+
+    model = load_backbone(dinov3_file)
+    assert isinstance(model, DINOv3ViT) and model.num_register_tokens == 4
+    out = tmp_path / "out"
+    weights = ["--pretrained_weights", str(dinov3_file), "--image_size", str(SIZE)]
+    code, text, err = _run(capsys, "attention", "--image_path", str(images),
+                           "--output_dir", str(out), *weights)
+    assert code == 0, err
+    assert '"heads": 2' in text
+    for name, (w, h) in (("object", (36, 32)), ("sub/n", (32, 64))):
+        assert _size(out / name / "img.png") == (w, h)
+        for j in range(2):
+            assert _size(out / name / f"attn-head{j}.png") == (w, h)
+        assert not (out / name / "attn-head2.png").exists()
+        assert _size(out / name / "attention_figure.png") == (3 * PANEL_PX, 2 * PANEL_PX)
+    x, _ = load_image(images / "object.png", SIZE, PATCH)
+    attn = cls_attention(model, x[None])[0]  # [2, 8, 9]: CLS to the 72 patches only
+    assert attn.shape == (2, 8, 9)
+    for j in range(2):
+        png = np.asarray(Image.open(out / "object" / f"attn-head{j}.png").convert("L"), float)
+        per_patch = png.reshape(8, PATCH, 9, PATCH).mean((1, 3))
+        assert np.unravel_index(per_patch.argmax(), per_patch.shape) == np.unravel_index(
+            int(attn[j].argmax()), attn[j].shape
+        )
+
+    code, _, err = _run(capsys, "pca", "--image_path", str(images), "--output_dir", str(out),
+                        *weights)
+    assert code == 0, err
+    assert _size(out / "object" / "pca.png") == (36, 32)
+    assert _size(out / "sub" / "n" / "pca.png") == (32, 64)
+    assert _size(out / "object" / "pca_figure.png") == (3 * PANEL_PX, PANEL_PX)
+    feats = [patch_features(model, load_image(p, SIZE, PATCH)[0][None])[0]
+             for p in (images / "object.png", images / "sub" / "n.jpg")]
+    assert feats[0].shape == (8, 9, 32)
+    joint = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])[None, None]
+    first = pca_colors(joint)[0][0, 0][: 8 * 9].reshape(8, 9, 3).numpy()
+    png = np.asarray(Image.open(out / "object" / "pca.png").convert("RGB"), float) / 255
+    np.testing.assert_allclose(png[::PATCH, ::PATCH], first, atol=1 / 255 + 1e-6)
