@@ -174,8 +174,9 @@ _DESCRIPTIONS = {
     "label-only StudentNet baseline, and StudentNets distilled with and without a "
     "hard-label term, each with an EMA of its weights; writes results.md.",
     "distill": "Distil a frozen teacher (a `dinolab train dino` checkpoint or an official "
-    "DINO/DINOv2 file) into a smaller ViT with DINO + iBOT + KoLeo + CLS-token + SPD "
-    "losses; linear probe at the end.",
+    "DINO/DINOv2/DINOv3 file, DINOv3 also in timm's or transformers' layout) into a smaller "
+    "ViT with DINO + iBOT + KoLeo + CLS-token + SPD losses (optionally DINOv3's Gram "
+    "anchoring); linear probe at the end.",
     "knn": "Weighted k-NN accuracy (official DINO's eval_knn) of a checkpoint's frozen features.",
     "linear": "Linear-probe accuracy (official DINO's eval_linear) of a checkpoint's frozen "
     "features.",

@@ -24,7 +24,11 @@ The student (a narrower ViT by default) is trained on a weighted sum:
 * ``cls_loss_weight`` x cosine CLS-token loss between a learned projection of the student's
   CLS feature and the teacher's;
 * ``spd_loss_weight`` x Log-Euclidean distance between the patch-token Gram matrices
-  (made SPD) of student and teacher.
+  (made SPD) of student and teacher;
+* optionally (``gram_loss_weight``, default 0) DINOv3's Gram anchoring
+  (:class:`~dinolab.losses.GramLoss`) on the same patch tokens, the frozen teacher standing in
+  for DINOv3's Gram teacher: an alternative to the SPD term that compares the cosine Gram
+  matrices entry by entry instead of through their matrix logarithms.
 
 After every epoch the student's backbone is scored by k-NN; at the end a linear probe is
 trained on the frozen student and teacher features (``linear_probe.json``).
@@ -151,6 +155,20 @@ class DistillConfig(DINOConfig):
         metadata=_help(
             "Weight of the SPD Log-Euclidean loss between patch Gram matrices (seed 002: 1.0). "
             "Its scale grows with the number of patches, so it is lower here."
+        ),
+    )
+    gram_loss_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of DINOv3's Gram anchoring (dinolab.losses.GramLoss with its default "
+            "options: per image, negative similarities set to 0 on both sides, remove_neg): the "
+            "mean squared difference between the cosine Gram matrices [N, N] of the student's "
+            "and the frozen teacher's patch tokens (the SPD term's tokens, registers / storage "
+            "tokens excluded); the frozen teacher plays DINOv3's Gram teacher. An alternative "
+            "to the SPD term, which compares the same matrices through their logarithms: to "
+            "compare the two, pass e.g. --gram_loss_weight 1 --spd_loss_weight 0. Its value "
+            "lies in [0, 1] whatever the number of patches. Default 0: off (logged as "
+            "gram_loss when on)."
         ),
     )
     mask_ratio: tuple[float, float] = field(
@@ -316,8 +334,13 @@ class DistillStudent(nn.Module):
         }
 
 
+#: The loss terms, each weighted by ``--<name>_loss_weight`` and logged as ``<name>_loss``.
+_TERMS = ("dino", "ibot", "koleo", "cls", "spd", "gram")
+
+
 class DistillTask(Task):
-    """Frozen teacher, student with five weighted losses, k-NN of the student each epoch."""
+    """Frozen teacher, student with five weighted losses (a sixth, Gram anchoring, optional),
+    k-NN of the student each epoch."""
 
     name = "distill"
 
@@ -332,6 +355,7 @@ class DistillTask(Task):
         from dinolab.losses import (
             CLSTokenLoss,
             DINOLoss,
+            GramLoss,
             KoLeoLoss,
             SPDLogEuclideanLoss,
             iBOTPatchLoss,
@@ -340,16 +364,16 @@ class DistillTask(Task):
 
         self.cfg = cfg
         self.data = data
-        for name in ("dino", "ibot", "koleo", "cls", "spd"):
+        for name in _TERMS:
             w = getattr(cfg, f"{name}_loss_weight")
             if not np.isfinite(w) or w < 0:
                 raise ValueError(f"--{name}_loss_weight must be a finite number >= 0, got {w!r}")
-        if not any(
-            getattr(cfg, f"{n}_loss_weight") for n in ("dino", "ibot", "koleo", "cls", "spd")
-        ):
+        if not any(getattr(cfg, f"{n}_loss_weight") for n in _TERMS):
             raise ValueError("every loss weight is 0: nothing to train")
         if not hasattr(teacher_backbone, "forward_features"):
-            raise ValueError("the distill recipe needs a ViT teacher (patch tokens for iBOT/SPD)")
+            raise ValueError(
+                "the distill recipe needs a ViT teacher (patch tokens for iBOT/SPD/Gram)"
+            )
         self.teacher_backbone, self.teacher_head = teacher_backbone, teacher_head
         backbone = build_backbone_from(cfg)
         if not hasattr(backbone, "forward_features"):
@@ -380,13 +404,14 @@ class DistillTask(Task):
                     f"equal the teacher's {teacher_patch}: pass --patch_size "
                     f"{teacher_patch} (or --ibot_loss_weight 0)" + hint
                 )
-        if (cfg.spd_loss_weight > 0 and backbone.patch_size != teacher_patch
-                and cfg.teacher_crops_size is None):
-            raise ValueError(
-                f"the SPD loss compares patch grids: the student's patch_size="
-                f"{backbone.patch_size} must equal the teacher's {teacher_patch} "
-                "(or --spd_loss_weight 0)" + hint
-            )
+        for name, term in (("spd", "SPD"), ("gram", "Gram")):
+            if (getattr(cfg, f"{name}_loss_weight") > 0 and backbone.patch_size != teacher_patch
+                    and cfg.teacher_crops_size is None):
+                raise ValueError(
+                    f"the {term} loss compares patch grids: the student's patch_size="
+                    f"{backbone.patch_size} must equal the teacher's {teacher_patch} "
+                    f"(or --{name}_loss_weight 0)" + hint
+                )
         self.uses_head = cfg.dino_loss_weight > 0 or cfg.ibot_loss_weight > 0
         head = (
             DINOHead(
@@ -420,6 +445,7 @@ class DistillTask(Task):
         self.koleo_loss = KoLeoLoss()
         self.cls_loss = CLSTokenLoss("cosine")
         self.spd_loss = SPDLogEuclideanLoss(kind="gram")
+        self.gram_loss = GramLoss()
         self.device = torch.device("cpu")
 
     def setup(self, epochs: int, niter_per_ep: int, device: torch.device) -> None:
@@ -500,6 +526,8 @@ class DistillTask(Task):
             terms["cls"] = self.cls_loss(out["cls_proj"], t_cls)
         if cfg.spd_loss_weight > 0:
             terms["spd"] = self.spd_loss(out["patch_global"], t_patch)
+        if cfg.gram_loss_weight > 0:
+            terms["gram"] = self.gram_loss(out["patch_global"], t_patch)
         loss = sum(getattr(cfg, f"{k}_loss_weight") * v for k, v in terms.items())
         metrics = {f"{k}_loss": float(v.detach()) for k, v in terms.items()}
         return loss, metrics  # type: ignore[return-value]
