@@ -23,7 +23,7 @@ The student (a narrower ViT by default) is trained on a weighted sum:
   the batch over the sphere; summed over the two crops as DINOv2);
 * ``cls_loss_weight`` x cosine CLS-token loss between a learned projection of the student's
   CLS feature and the teacher's;
-* ``spd_loss_weight`` x Log-Euclidean distance between the patch-token Gram matrices
+* ``spd_loss_weight`` x squared Log-Euclidean distance between the patch-token Gram matrices
   (made SPD) of student and teacher;
 * optionally (``gram_loss_weight``, default 0) DINOv3's Gram anchoring
   (:class:`~dinolab.losses.GramLoss`) on the same patch tokens, the frozen teacher standing in
