@@ -5,6 +5,9 @@
   never modified; :func:`grade_notebooks` grades several, a few kernels at a time;
 * :mod:`~dinolab.grading.report`: results, feedback messages and the score table;
 * :mod:`~dinolab.grading.checks`: the checks the exercises' test cells call;
+* :mod:`~dinolab.grading.references`: an answer that uses dinolab's own implementation of
+  what its exercise asks for is ``refused`` (its checks score 0, the message says where);
+  :mod:`~dinolab.grading.autograde` applies the same rule in nbgrader's autograder;
 * :mod:`~dinolab.grading.pytest_plugin`: ``pytest exercises/`` (each check is a test item);
 * :mod:`~dinolab.grading.nbgrader_flow`: the instructor's nbgrader release / collect /
   autograde / feedback / export commands;
