@@ -23,15 +23,17 @@ A use is any expression in the solution cell that names such an object, through:
   f-string of constants, a variable assigned a constant string), ``vars(module)["name"]``,
   ``module.__dict__["name"]``, ``importlib.import_module("dinolab.losses")``,
   ``__import__("dinolab.losses", fromlist=...)``, ``sys.modules["dinolab.losses"]``;
+* ``eval`` / ``exec`` of a constant string, ``globals()["reference"]``;
 * a function of an earlier cell that itself uses a reference (a helper that wraps it), or
   that is the reference (the set-up's ``reference_step``, listed in :data:`EXTRA_REFERENCES`).
 
-What it does not catch (a static reading cannot know these): names computed at run time
-(from input, loops, ``globals()[...]``), ``exec`` / ``eval`` of strings, objects reached
-through other objects (a model whose attribute holds the reference), dinolab functions that
-call the reference internally, code in a separate ``.py`` file the notebook imports, and a
-copy of the library's source pasted in. The hidden checks and the instructor remain the
-judge of those.
+What it does not catch (a static reading cannot know these): names and code strings computed
+at run time (from parameters, input, loops), objects reached through other objects (a model
+whose attribute holds the reference), dinolab functions that call the reference internally,
+code in a separate ``.py`` file the notebook imports, and a copy of the library's source pasted
+in. The hidden checks and the instructor remain the judge of those. (Watching calls at run time
+instead would refuse honest answers: some checks hand the reference to the learner's code, as
+exercise 4.3 hands its ``train_step`` a ``DINOLoss``.)
 
 Examples:
     >>> uses = find_reference_uses(
@@ -207,6 +209,8 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node, ast.Subscript):
             base = self.resolve(node.value)
             key = _const_str(node.slice, self.strings)
+            if key is not None and self._builtin(node.value, "globals", "locals", "vars"):
+                return self.env.get(key)  # globals()["reference"]
             if base is None or key is None:
                 return None
             if base == "sys.modules":
@@ -225,6 +229,13 @@ class _Reader(ast.NodeVisitor):
         name = func.id if isinstance(func, ast.Name) and func.id not in self.env else None
         target = self.resolve(func)
         args = node.args
+        if name == "eval" and args:
+            code = _const_str(args[0], self.strings)
+            try:
+                expression = ast.parse(code, mode="eval") if code is not None else None
+            except SyntaxError:
+                expression = None
+            return self.resolve(expression.body) if expression is not None else None
         if name == "getattr" and len(args) >= 2:
             base, attr = self.resolve(args[0]), _const_str(args[1], self.strings)
             return None if base is None or attr is None else f"{base}.{attr}"
@@ -243,6 +254,11 @@ class _Reader(ast.NodeVisitor):
             key = _const_str(args[0], self.strings)
             return None if key is None else f"{target.removesuffix('.__dict__.get')}.{key}"
         return None
+
+    def _builtin(self, node: ast.AST, *names: str) -> bool:
+        """``node`` is a call without arguments of one of the builtins ``names``."""
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in names and node.func.id not in self.env and not node.args)
 
     def _forbidden_path(self, path: str | None) -> bool:
         if path is not None and path.startswith(_EARLIER + "."):
@@ -336,7 +352,27 @@ class _Reader(ast.NodeVisitor):
         if self.recording and self._forbidden_path(path):
             self.uses.append((path, node))
 
+    def _read_code_string(self, node: ast.AST) -> None:
+        """``eval("...")`` / ``exec("...")`` of a constant string: read that code too."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("eval", "exec") and node.func.id not in self.env
+                and node.args):
+            return
+        code = _const_str(node.args[0], self.strings)
+        try:
+            tree = ast.parse(code) if code is not None else None
+        except SyntaxError:
+            return
+        if tree is None:
+            return
+        for sub in ast.walk(tree):  # report the uses on the line of the eval / exec
+            if hasattr(sub, "lineno"):
+                sub.lineno = sub.end_lineno = getattr(node, "lineno", 0)
+        for statement in tree.body:
+            self.visit(statement)
+
     def _expression(self, node: ast.AST) -> None:
+        self._read_code_string(node)
         path = self.resolve(node)
         if self._forbidden_path(path):
             if self.recording:
