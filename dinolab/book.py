@@ -389,7 +389,9 @@ def _nav(prev: tuple[str, str] | None, nxt: tuple[str, str] | None) -> str:
             f'<a href="index.html">Contents</a>{link(nxt, "next")}</nav>')
 
 
-def _executed_copy(src: Path, executed_dir: Path, execute: bool, timeout: int) -> Path | None:
+def _executed_copy(
+    src: Path, executed_dir: Path, execute: bool, timeout: int, log
+) -> Path | None:
     """The executed copy of ``src`` in ``executed_dir``, running it when stale; None: unexecuted."""
     copy = executed_dir / src.name
     if copy.is_file() and copy.stat().st_mtime >= src.stat().st_mtime:
@@ -398,9 +400,11 @@ def _executed_copy(src: Path, executed_dir: Path, execute: bool, timeout: int) -
         return None
     from dinolab.course_runner import run_lesson
 
+    log(f"[book] running {src.name} (no executed copy in {executed_dir} newer than it) ...")
     result = run_lesson(src, executed_dir, timeout=timeout)
     if not result.ok:
         raise RuntimeError(f"dinolab.book: {src.name} failed when run: {result.error}")
+    log(f"[book] ran {src.name} in {result.seconds:.0f} s")
     return result.executed
 
 
@@ -454,7 +458,7 @@ def build_book(
     exporter = _exporter()
     notebooks, pages = [], []
     for src in sources:
-        copy = _executed_copy(src, executed_dir, execute, timeout)
+        copy = _executed_copy(src, executed_dir, execute, timeout, log)
         nb = nbformat.read(copy or src, as_version=4)
         lesson = syllabus.get(src.name) or Lesson(src.stem.split("_")[0].lstrip("0") or "0",
                                                   src.name)
