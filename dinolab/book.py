@@ -9,8 +9,9 @@ of each lesson, a glossary and the references with their arXiv ids.
 Nothing is fetched from the network when a page opens. Math is typeset by a local copy of
 MathJax 2 (the one the ``jupyter-server-mathjax`` package ships) in ``<out>/mathjax/``; the
 pages carry no require.js, no Jupyter-widgets loader and no Mermaid loader (the three things
-nbconvert's template would fetch from a CDN). A widget output becomes a note saying to open
-the lesson in JupyterLab; the static figure a lesson draws beside it stays.
+nbconvert's template would fetch from a CDN). A widget shows its text fallback (an explorer
+says which setting its figure shows) or a note saying to open the lesson in JupyterLab; the
+static figure a lesson draws beside it stays; tqdm's progress-bar widgets are left out.
 
 Why nbconvert and not Jupyter Book 2 / MyST: ``mystmd`` downloads its site theme when it
 builds, so it fails on a machine without a network; nbconvert builds from what ``make install``
@@ -334,8 +335,17 @@ def _exporter():
     )
 
 
+_PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's text: "epoch 1/4:   0%|          | 0/6"
+_WIDGET_REPR = re.compile(r"^\w+\(children=")  # ipywidgets' default text: "VBox(children=..."
+
+
 def _strip_widgets(nb) -> int:  # nbformat.NotebookNode, in place
-    """Drop widget state and views (they need a CDN loader); return how many views were seen."""
+    """Drop widget state and views (they need a CDN loader); return how many views were seen.
+
+    A widget's own text fallback stays when it says something (the lessons' explorers write
+    which setting their static figure shows); tqdm's progress bars, widgets once ipywidgets is
+    installed, are dropped (their text is the bar at 0%); other widgets become a note.
+    """
     from nbformat.v4 import new_output
 
     nb.metadata.pop("widgets", None)
@@ -345,11 +355,18 @@ def _strip_widgets(nb) -> int:  # nbformat.NotebookNode, in place
             continue
         outputs = []
         for out in cell.get("outputs", []):
-            if WIDGET_VIEW in out.get("data", {}):
-                seen += 1
-                outputs.append(new_output("display_data", data={"text/html": WIDGET_NOTE}))
-            else:
+            data = out.get("data", {})
+            if WIDGET_VIEW not in data:
                 outputs.append(out)
+                continue
+            seen += 1
+            text = str(data.get("text/plain", "")).strip()
+            if _PROGRESS_BAR.search(text):
+                continue
+            if text and not _WIDGET_REPR.match(text):
+                outputs.append(new_output("display_data", data={"text/plain": text}))
+            else:
+                outputs.append(new_output("display_data", data={"text/html": WIDGET_NOTE}))
         cell.outputs = outputs
     return seen
 

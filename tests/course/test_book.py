@@ -163,8 +163,8 @@ def test_copy_mathjax_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_widget_outputs_become_a_note_and_their_state_is_dropped(tmp_path: Path) -> None:
-    """An executed explorer cell: its widget (which needs a CDN loader) gives way to a note;
-    the static figure drawn beside it stays."""
+    """An executed explorer cell: its widgets (which need a CDN loader) give way to their text
+    or a note, progress bars go; the static figure drawn beside them stays."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
@@ -177,6 +177,12 @@ def test_widget_outputs_become_a_note_and_their_state_is_dropped(tmp_path: Path)
                 WIDGET_VIEW: {"model_id": "abc", "version_major": 2, "version_minor": 0},
                 "text/plain": "interactive(children=(FloatSlider(value=0.04),))"}),
             new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "fig"}),
+            new_output("display_data", data={
+                WIDGET_VIEW: {"model_id": "def", "version_major": 2, "version_minor": 0},
+                "text/plain": "[interactive explorer: figure drawn at T = 4.0]"}),
+            new_output("display_data", data={
+                WIDGET_VIEW: {"model_id": "ghi", "version_major": 2, "version_minor": 0},
+                "text/plain": "epoch 1/4:   0%|          | 0/6 [00:00<?, ?it/s]"}),
         ]),
     ])
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
@@ -191,6 +197,8 @@ def test_widget_outputs_become_a_note_and_their_state_is_dropped(tmp_path: Path)
     assert "An interactive control is here in JupyterLab" in page
     assert "widget-state" not in page and "widget-view" not in page
     assert "FloatSlider" not in page and 'src="data:image/png;base64,' in page
+    assert "[interactive explorer: figure drawn at T = 4.0]" in page  # its own fallback text
+    assert "epoch 1/4" not in page  # a tqdm bar, frozen at 0%, is left out
     assert not [u for u in _resources(tmp_path / "book" / "09_explorer.html") if REMOTE.match(u)]
     index = (tmp_path / "book" / "index.html").read_text(encoding="utf-8")
     assert 'href="09_explorer.html"' in index and "Lesson 9 — Explorer" in index
