@@ -44,3 +44,30 @@ from nbgrader.preprocessors import GetGrades  # noqa: E402
 from dinolab.grading.feedback import LearnerFeedback  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, LearnerFeedback, CSSHTMLHeaderPreprocessor]
+
+# Autograding refuses an answer that calls dinolab's own implementation of what its exercise
+# asks for (dinolab.grading.references): after Execute, RefuseReferenceUse gives every check of
+# such a cell an error output naming the line, so it scores 0 and the feedback says why, as
+# `make grade` does. The rest is nbgrader's default list.
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties,
+    CheckCellMetadata,
+    Execute,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+
+from dinolab.grading.autograde import RefuseReferenceUse  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    Execute,
+    RefuseReferenceUse,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]

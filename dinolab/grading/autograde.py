@@ -8,8 +8,9 @@ output carrying the refusal message, so that nbgrader scores it 0 and the feedba
 
 Enabled by one line of ``solutions/nbgrader_config.py``::
 
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata,
-        ClearMetadataPreprocessor, Execute, IgnorePattern, LimitOutput, SaveAutoGrades)
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Execute,
+        IgnorePattern, LimitOutput, SaveAutoGrades)
     from dinolab.grading.autograde import RefuseReferenceUse
     c.Autograde.autograde_preprocessors = [
         Execute, RefuseReferenceUse, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
@@ -23,6 +24,7 @@ from typing import Any
 from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
+from traitlets import Bool
 
 from dinolab.grading.references import reference_problem
 
@@ -67,6 +69,10 @@ def refuse_reference_use(nb: NotebookNode, assignment: str) -> list[str]:
 
 class RefuseReferenceUse(Preprocessor):
     """nbgrader autograde preprocessor: refused answers' checks get an error (0 points)."""
+
+    # nbconvert's preprocessors are off unless enabled: __call__ would hand the notebook back
+    # untouched, and the refusal would never reach nbgrader's scores.
+    enabled = Bool(True).tag(config=True)
 
     def preprocess(self, nb: NotebookNode, resources: dict[str, Any]
                    ) -> tuple[NotebookNode, dict[str, Any]]:

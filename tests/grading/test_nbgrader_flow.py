@@ -1,9 +1,10 @@
 """dinolab.grading.nbgrader_flow: the instructor's flow with the real nbgrader, end to end.
 
-In a temporary course holding module 1's source: release, three submissions (the untouched
+In a temporary course holding module 1's source: release, four submissions (the untouched
 release; the solutions filled in; the solutions with a kd_loss that passes the visible checks
-but not the hidden one), collect, autograde, feedback, export. The CSV must give 0, full marks,
-and full marks minus the cell whose hidden test fails.
+but not the hidden one; the solutions with a kd_loss that calls dinolab's own), collect, autograde,
+feedback, export. The CSV must give 0, full marks, full marks minus the cell whose hidden test
+fails, and full marks minus the three checks of the refused kd_loss.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ KD_LOSS_FIXED_ALPHA = '''def kd_loss(student_logits, teacher_logits, labels=None
     return 0.9 * distill + 0.1 * F.cross_entropy(student_logits, labels)
 '''
 
+# Passes every kd_loss check by calling the library's own kd_loss: solutions/nbgrader_config.py's
+# RefuseReferenceUse must score its three checks 0 and say why.
+KD_LOSS_FROM_THE_LIBRARY = '''from dinolab.losses import kd_loss as _library_kd_loss
+
+
+def kd_loss(student_logits, teacher_logits, labels=None, T=4.0, alpha=0.9):
+    return _library_kd_loss(student_logits, teacher_logits, labels, T=T, alpha=alpha)
+'''
+
 
 def _fill_in(release_nb: Path, source_nb: Path, target: Path,
              override: dict[str, str] | None = None) -> None:
@@ -68,8 +78,9 @@ def course(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(released, inbox / "alice" / NB)
     _fill_in(released, source, inbox / "bob" / NB)
     _fill_in(released, source, inbox / "carol" / NB, {"kd_loss": KD_LOSS_FIXED_ALPHA})
+    _fill_in(released, source, inbox / "dave" / NB, {"kd_loss": KD_LOSS_FROM_THE_LIBRARY})
     assert collect(inbox, assignment=AID, course_root=root) == [
-        ("alice", AID), ("bob", AID), ("carol", AID)]
+        ("alice", AID), ("bob", AID), ("carol", AID), ("dave", AID)]
     assert autograde(course_root=root) == [AID]
     assert feedback(course_root=root) == [AID]
     export(course_root=root)
@@ -86,12 +97,24 @@ def test_release_writes_the_stubbed_notebook(course: Path) -> None:
 def test_grades_csv_has_zero_full_and_hidden_test_failure(course: Path) -> None:
     with (course / "instructor" / "grades.csv").open() as fh:
         rows = {r["student_id"]: r for r in csv.DictReader(fh)}
-    assert set(rows) == {"alice", "bob", "carol"}
+    assert set(rows) == {"alice", "bob", "carol", "dave"}
     assert {r["assignment"] for r in rows.values()} == {AID}
     assert all(float(r["max_score"]) == 17.0 for r in rows.values())
     assert float(rows["alice"]["score"]) == 0.0        # the untouched release
     assert float(rows["bob"]["score"]) == 17.0         # the solutions
     assert float(rows["carol"]["score"]) == 16.0       # hidden alpha=0.3 check fails: -1 point
+    assert float(rows["dave"]["score"]) == 14.0        # kd_loss's 3 checks refused
+
+
+def test_autograde_refuses_an_answer_that_calls_the_library(course: Path) -> None:
+    graded = nbformat.read(course / "instructor" / "autograded" / "dave" / AID / NB, 4)
+    checks = [c for c in graded.cells
+              if c.metadata.get("nbgrader", {}).get("grade_id", "").startswith("kd_loss_")]
+    assert len(checks) == 3
+    for cell in checks:
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert errors, cell.metadata["nbgrader"]["grade_id"]
+        assert "kd_loss" in "\n".join(errors[0].get("traceback", []) + [errors[0].evalue])
 
 
 def test_autograde_restores_hidden_tests(course: Path) -> None:
@@ -106,14 +129,17 @@ def test_scores_read_back_from_the_gradebook(course: Path) -> None:
     from dinolab.grading.nbgrader_flow import scores
 
     assert scores(AID, course) == [("alice", 0.0, 17.0), ("bob", 17.0, 17.0),
-                                   ("carol", 16.0, 17.0)]
+                                   ("carol", 16.0, 17.0), ("dave", 14.0, 17.0)]
     assert scores("no_such_assignment", course) == []
 
 
 def test_feedback_is_written_per_student(course: Path) -> None:
-    for student in ("alice", "bob", "carol"):
+    for student in ("alice", "bob", "carol", "dave"):
         html = course / "instructor" / "feedback" / student / AID / f"{AID}.html"
         assert html.is_file() and html.stat().st_size > 1000
+    # The refused answer's feedback says why its checks scored 0.
+    dave = (course / "instructor" / "feedback" / "dave" / AID / f"{AID}.html").read_text()
+    assert "own implementation of what this" in dave.replace("&#39;", "'")
 
 
 def test_feedback_hides_hidden_tests_and_tracebacks(course: Path) -> None:
