@@ -247,9 +247,9 @@ def _run_to_explorer(lesson: Path, index: int) -> Explorer:
 
 
 def test_the_course_has_an_explorer_per_module() -> None:
-    # COURSE.md's modules: 1 (lesson 1.3), 3 (3.1, 3.2), 4 (4.1, 4.2), 6.
+    # COURSE.md's modules: 1 (lesson 1.3), 3 (3.1, 3.2), 4 (4.1, 4.2), 5, 6.
     names = sorted({lesson.name for lesson, _ in EXPLORERS})
-    for prefix in ("01_", "03_1_", "03_2_", "04_1_", "04_2_", "06_"):
+    for prefix in ("01_", "03_1_", "03_2_", "04_1_", "04_2_", "05_", "06_"):
         assert any(n.startswith(prefix) for n in names), f"no explorer in {prefix}*; found {names}"
 
 
