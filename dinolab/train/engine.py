@@ -462,7 +462,8 @@ def clip_gradients(model: nn.Module, clip: float, return_norms: bool = True) -> 
     """Clip each parameter's gradient to L2 norm ``clip``, separately (official DINO).
 
     ``g <- g * clip / (||g|| + 1e-6)`` where ``||g|| > clip``; gradients below the bound
-    are left bit-for-bit unchanged. DINOv2 clips the global norm instead.
+    are left bit-for-bit unchanged. DINOv2 instead clips the total norm of each student
+    sub-module (backbone, DINO head, iBOT head) separately, one ``clip_grad_norm_`` per module.
 
     Args:
         model: its parameters' ``.grad`` are clipped in place.
