@@ -4,14 +4,18 @@
   the Makefile's ``LAB_ARGS``), in isolated Jupyter folders; Chromium opens the server's default
   URL, which must land on lesson 0; a cell is added and run, and its output read back from the
   page. The lesson file is never saved (autosave is off; the test checks the bytes).
+* Lesson 3.1's explorer (``dinolab.widgets.explore``) is run in JupyterLab with the cells it needs;
+  the ipywidgets slider renders, and moving it with the keyboard (End) makes the kernel redraw:
+  the figure's PNG data URI changes and the readout shows the new value.
 * Every page of the course website (``browser.lesson_site``) is loaded over a loopback HTTP
   server: figures decoded, math typeset by the local MathJax (its output elements present, no
   MathJax error).
 * Every request the pages make is recorded; any that would leave the machine is refused and
   fails the test.
 
-Screenshots: ``build/screenshots/lab_lesson0.png``, ``book_<page>.png``. Skipped, with the
-reason, where Chromium or Playwright's client is missing.
+Screenshots: ``build/screenshots/lab_lesson0.png``, ``lab_explorer_before.png`` /
+``lab_explorer_after.png``, ``book_<page>.png``. Skipped, with the reason, where Chromium or
+Playwright's client is missing.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from browser import REPO, chromium_or_skip, lesson_site, open_page, screenshot
 
 LESSON = "course/00_welcome.ipynb"
 START_TIMEOUT_S = 90
+# Cell i of the open notebook (JupyterLab numbers its cells' elements), and a figure in an output.
+CELL = '.jp-NotebookPanel .jp-Notebook .jp-Cell[data-windowed-list-index="{}"]'
+FIGURE = '.jp-OutputArea-output img[src^="data:image/png"]'
 
 
 def _lab_args() -> list[str]:
@@ -100,6 +107,40 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def _open_notebook(page, n_cells: int):
+    """Wait until the notebook the page opened has all its ``n_cells`` cells attached (JupyterLab
+    adds them in batches) and its kernel is idle; return ``cell(i)``, the locator of cell i."""
+    page.wait_for_function(
+        "n => document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell').length >= n",
+        arg=n_cells, timeout=60_000)
+    # The indicator says idle before the kernel starts too; the kernel's own state is the server's.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        sessions = page.request.get(page.url.split("/lab/")[0] + "/api/sessions").json()
+        if any(s["kernel"]["execution_state"] == "idle" for s in sessions):
+            break
+        assert time.monotonic() < deadline, f"no idle kernel: {sessions}"
+        time.sleep(0.5)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    return lambda i: page.locator(CELL.format(i))
+
+
+def _run_cells(page, cell, indices: list[int], timeout_ms: int = 120_000) -> None:
+    """Run the code cells ``indices`` in order as a person does: select each (click its prompt,
+    command mode) and press Ctrl+Enter; wait until each has an execution count and no error."""
+    for i in indices:
+        cell(i).locator(".jp-InputPrompt").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("Control+Enter")
+    for i in indices:
+        cell(i).locator(".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")).wait_for(
+            timeout=timeout_ms)
+        # JupyterLab shows a traceback as stderr; warnings are stderr too, but name no error.
+        errors = cell(i).locator('[data-mime-type="application/vnd.jupyter.stderr"]',
+                                 has_text=re.compile(r"Traceback|\w+Error\b"))
+        assert errors.count() == 0, f"cell {i} failed: {errors.first.inner_text()[-2000:]}"
+
+
 def test_lab_opens_lesson_0_and_runs_a_cell(tmp_path: Path) -> None:
     executable = chromium_or_skip()
     before = (REPO / LESSON).read_bytes()
@@ -139,6 +180,64 @@ def test_lab_opens_lesson_0_and_runs_a_cell(tmp_path: Path) -> None:
         if after != before:
             (REPO / LESSON).write_bytes(before)
             pytest.fail(f"the browser session wrote {LESSON} (restored); log: {log_file}")
+
+
+EXPLORER_LESSON = "course/03_1_student_teacher.ipynb"
+EXPLORER_CELL = 11  # "Turn the knob: the momentum and its horizon", one slider m0
+EXPLORER_NEEDS = (1, 2)  # the parameters cell and the imports cell
+
+
+def test_explorer_slider_redraws_in_jupyterlab(tmp_path: Path) -> None:
+    """Lesson 3.1's explorer in JupyterLab: the widget renders, moving its slider with the
+    keyboard replaces the figure (the PNG's data URI changes). Nothing is saved."""
+    executable = chromium_or_skip()
+    before = (REPO / EXPLORER_LESSON).read_bytes()
+    proc, base, token, log_file = _start_lab(tmp_path)
+    try:
+        with open_page(executable) as (page, log):
+            page.goto(f"{base}/lab/tree/{EXPLORER_LESSON}?token={token}")
+            source = json.loads(before)["cells"]
+            assert "explorer" in source[EXPLORER_CELL]["metadata"].get("tags", []), (
+                f"cell {EXPLORER_CELL} of {EXPLORER_LESSON} is no longer the explorer")
+            cells = _open_notebook(page, len(source))
+            _run_cells(page, cells, [*EXPLORER_NEEDS, EXPLORER_CELL])
+            explorer = cells(EXPLORER_CELL)
+            handle = explorer.locator(".jupyter-widgets .widget-slider .noUi-handle")
+            handle.wait_for(timeout=90_000)
+            image = explorer.locator(FIGURE)
+            image.first.wait_for(timeout=30_000)
+            assert image.count() == 1, f"{image.count()} figures in the explorer's output"
+            readout = explorer.locator(".widget-readout")
+            assert readout.inner_text().strip() == "0.996", readout.inner_text()
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]',
+                                   timeout=60_000)
+            first = image.get_attribute("src")
+            handle.scroll_into_view_if_needed()  # the figure above it is in view too
+            screenshot(page, "lab_explorer_before")
+
+            handle.focus()
+            page.keyboard.press("End")  # m0: 0.996 -> 0.999, one change, one redraw
+            page.wait_for_function(
+                """([selector, old]) => {
+                    const img = document.querySelector(selector);
+                    return img !== null && img.src !== old && img.complete
+                        && img.naturalWidth > 0;
+                }""",
+                arg=[f"{CELL.format(EXPLORER_CELL)} {FIGURE}", first], timeout=30_000,
+            )
+            assert readout.inner_text().strip() == "0.999", readout.inner_text()
+            second = image.get_attribute("src")
+            assert second != first
+            assert explorer.locator(".widget-html", has_text="redraw failed").count() == 0
+            handle.scroll_into_view_if_needed()  # the figure above it is in view too
+            screenshot(page, "lab_explorer_after")
+        assert not log.remote, f"JupyterLab's page asked for remote URLs: {log.remote[:10]}"
+    finally:
+        _stop(proc)
+        after = (REPO / EXPLORER_LESSON).read_bytes()
+        if after != before:
+            (REPO / EXPLORER_LESSON).write_bytes(before)
+            pytest.fail(f"the browser session wrote {EXPLORER_LESSON} (restored); log: {log_file}")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
