@@ -25,6 +25,10 @@ LOSSES = ("dino", "ibot", "koleo", "cls", "spd")
 SEEDS = (0, 1, 2)
 # Lesson 6's settings (course/06_distilling_a_frozen_teacher.ipynb, parameters cell).
 SETTINGS: dict[str, Any] = {
+    # The student's width and heads are written out, so that a change of the distill defaults
+    # cannot part this experiment from the lesson (the 2026-12-06 section relied on them: 64, 4).
+    "embed_dim": 64,
+    "num_heads": 4,
     "epochs": 3,
     "num_images": 1280,
     "num_eval_images": 1000,
