@@ -310,27 +310,26 @@ def _data_description(cfg: EvalConfig) -> str:
     return cfg.dataset
 
 
-def _output_dir(cfg: EvalConfig) -> Path | None:
-    """Create ``--output_dir`` up front: a path that cannot hold the result fails before the
-    evaluation, not after it."""
-    if not cfg.output_dir:
+def _folder(path: str | None, flag: str) -> Path | None:
+    """Create the folder a flag names up front: a path that cannot hold the result fails before
+    the evaluation, not after it. None when the flag is unset."""
+    if not path:
         return None
-    out = Path(cfg.output_dir)
+    out = Path(path)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder")
+        raise ValueError(f"{flag} {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _output_dir(cfg: EvalConfig) -> Path | None:
+    """``--output_dir``, created up front (:func:`_folder`)."""
+    return _folder(cfg.output_dir, "--output_dir")
 
 
 def _dump_dir(cfg: EvalConfig) -> Path | None:
-    """Create ``--dump_features`` up front, as ``--output_dir``."""
-    if not cfg.dump_features:
-        return None
-    out = Path(cfg.dump_features)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--dump_features {str(out)!r} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """``--dump_features``, created up front (:func:`_folder`)."""
+    return _folder(cfg.dump_features, "--dump_features")
 
 
 def dump_features(
