@@ -20,6 +20,7 @@ Playwright's client is missing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -107,6 +108,22 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def _lab_session(tmp: Path, lesson: str):
+    """JupyterLab started as ``make lab`` starts it, yielding ``(base, token, lesson_bytes)``;
+    afterwards the lesson's file must be byte for byte what it was (else restored, and the test
+    fails)."""
+    before = (REPO / lesson).read_bytes()
+    proc, base, token, log_file = _start_lab(tmp)
+    try:
+        yield base, token, before
+    finally:
+        _stop(proc)
+        if (REPO / lesson).read_bytes() != before:
+            (REPO / lesson).write_bytes(before)
+            pytest.fail(f"the browser session wrote {lesson} (restored); log: {log_file}")
+
+
 def _open_notebook(page, n_cells: int):
     """Wait until the notebook the page opened has all its ``n_cells`` cells attached (JupyterLab
     adds them in batches) and its kernel is idle; return ``cell(i)``, the locator of cell i."""
@@ -143,9 +160,7 @@ def _run_cells(page, cell, indices: list[int], timeout_ms: int = 120_000) -> Non
 
 def test_lab_opens_lesson_0_and_runs_a_cell(tmp_path: Path) -> None:
     executable = chromium_or_skip()
-    before = (REPO / LESSON).read_bytes()
-    proc, base, token, log_file = _start_lab(tmp_path)
-    try:
+    with _lab_session(tmp_path, LESSON) as (base, token, before):
         with open_page(executable) as (page, log):
             # The server's default URL (what `make lab` opens) is lesson 0.
             page.goto(f"{base}/?token={token}")
@@ -174,12 +189,6 @@ def test_lab_opens_lesson_0_and_runs_a_cell(tmp_path: Path) -> None:
             screenshot(page, "lab_lesson0")
         assert not log.remote, f"JupyterLab's page asked for remote URLs: {log.remote[:10]}"
         assert any(u.startswith(base) for u in log.urls)
-    finally:
-        _stop(proc)
-        after = (REPO / LESSON).read_bytes()
-        if after != before:
-            (REPO / LESSON).write_bytes(before)
-            pytest.fail(f"the browser session wrote {LESSON} (restored); log: {log_file}")
 
 
 EXPLORER_LESSON = "course/03_1_student_teacher.ipynb"
@@ -191,9 +200,7 @@ def test_explorer_slider_redraws_in_jupyterlab(tmp_path: Path) -> None:
     """Lesson 3.1's explorer in JupyterLab: the widget renders, moving its slider with the
     keyboard replaces the figure (the PNG's data URI changes). Nothing is saved."""
     executable = chromium_or_skip()
-    before = (REPO / EXPLORER_LESSON).read_bytes()
-    proc, base, token, log_file = _start_lab(tmp_path)
-    try:
+    with _lab_session(tmp_path, EXPLORER_LESSON) as (base, token, before):
         with open_page(executable) as (page, log):
             page.goto(f"{base}/lab/tree/{EXPLORER_LESSON}?token={token}")
             source = json.loads(before)["cells"]
@@ -232,12 +239,6 @@ def test_explorer_slider_redraws_in_jupyterlab(tmp_path: Path) -> None:
             handle.scroll_into_view_if_needed()  # the figure above it is in view too
             screenshot(page, "lab_explorer_after")
         assert not log.remote, f"JupyterLab's page asked for remote URLs: {log.remote[:10]}"
-    finally:
-        _stop(proc)
-        after = (REPO / EXPLORER_LESSON).read_bytes()
-        if after != before:
-            (REPO / EXPLORER_LESSON).write_bytes(before)
-            pytest.fail(f"the browser session wrote {EXPLORER_LESSON} (restored); log: {log_file}")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
