@@ -1,8 +1,13 @@
 """Exponential moving averages of weights: the DINO / BYOL / MoCo teacher update.
 
-``teacher <- m * teacher + (1 - m) * student`` for every floating parameter, applied in
-place with torch's multi-tensor ``_foreach_lerp_`` kernel: one fused pass per device and dtype
-group instead of ~450 small Python-level operations and temporaries for a ViT-S.
+``teacher <- m * teacher + (1 - m) * student`` for every floating parameter, in place. The
+first update lays both models' parameters out as views into one flat buffer per model
+(:func:`dinolab.flat_params.flatten_parameters`: same Parameter objects, names, shapes and
+values, so state dicts, checkpoints, optimiser groups and DDP are unchanged); from then on an
+update is ONE ``lerp_`` over the teacher's buffer, which runs at the machine's memory bandwidth
+(``benchmarks/bench_ema.py`` measures the fraction). Where the layout cannot be flat (mixed
+dtypes or devices) or ``flatten=False``, torch's multi-tensor ``_foreach_lerp_`` does the same
+update per tensor.
 
 Buffers (BatchNorm running statistics, position indices, ...) are NOT averaged by default.
 That is what official DINO does: its teacher runs its own forward passes in train mode and
@@ -23,11 +28,13 @@ Examples:
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import torch
 import torch.nn as nn
 
+from dinolab.flat_params import flat_view, flatten_parameters
 from dinolab.schedules import cosine_schedule
 
 __all__ = ["ema_update", "EMAUpdater", "unwrap_model"]
@@ -68,17 +75,102 @@ def _paired(
     return [t for _, t in teacher_items], [s for _, s in student_items]
 
 
+def _member_dicts(module: nn.Module) -> list[dict[str, object]]:
+    """The ``_parameters`` and ``_modules`` dicts of ``module`` and of every module below it."""
+    return [d for m in module.modules() for d in (m._parameters, m._modules)]
+
+
+def _ids(d: dict[str, object]) -> tuple[int, ...]:
+    return tuple(map(id, d.values()))
+
+
+class _FlatPair:
+    """A teacher and student found flat and paired, and how to tell cheaply that they still are.
+
+    Walking a ViT-S's module tree with ``named_parameters()`` and pairing its 151 tensors by
+    name costs about 1 ms, a tenth of the one ``lerp_`` the update has become. Between two
+    updates, what could change is the tree (a parameter or module replaced, added or removed)
+    or where the parameters live (``.to()``, ``.double()`` give them new memory). Comparing the
+    ids of every module's parameters and children, and every parameter's address, with those
+    seen when the pair was built catches both, in about a third of the walk's time. The
+    dicts, and so every object whose id is compared, are held here: no id is reused meanwhile.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        params: list[torch.Tensor],
+        t_flat: torch.Tensor,
+        s_flat: torch.Tensor,
+    ) -> None:
+        self.student = weakref.ref(student)  # the teacher is the cache's (weak) key
+        self.dicts = _member_dicts(teacher) + _member_dicts(student)
+        self.ids = [_ids(d) for d in self.dicts]
+        self.params = params
+        self.ptrs = [p.data_ptr() for p in params]
+        self.t_flat, self.s_flat = t_flat, s_flat
+
+    def holds(self, student: nn.Module) -> bool:
+        """Whether ``student`` is the one seen and both trees and layouts are as seen."""
+        return (
+            self.student() is student
+            and [_ids(d) for d in self.dicts] == self.ids
+            and [p.data_ptr() for p in self.params] == self.ptrs
+        )
+
+
+# teacher -> its flat pair; weak, so a cached pair never keeps a teacher alive.
+_FLAT_PAIRS: weakref.WeakKeyDictionary[nn.Module, _FlatPair] = weakref.WeakKeyDictionary()
+
+
+def _flat_pair(
+    teacher: nn.Module,
+    student: nn.Module,
+    t_list: list[torch.Tensor],
+    s_list: list[torch.Tensor],
+    flatten: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The two flat buffers ``[N]`` covering ``t_list`` and ``s_list``, or Nones.
+
+    Element ``i`` of one buffer must be element ``i`` of the other: the lists hold the same
+    shapes in the same order (checked by :func:`_paired`), so back-to-back layouts align.
+    """
+    t_flat, s_flat = flat_view(t_list), flat_view(s_list)
+    if flatten and (t_flat is None or s_flat is None):
+        # Only when the lists are exactly the modules' floating parameters (they are, as
+        # paired by name; the check keeps a future change from flattening something else).
+        for module, tensors in ((teacher, t_list), (student, s_list)):
+            if flat_view(tensors) is None and len(tensors) == sum(
+                1 for p in module.parameters() if p.is_floating_point()
+            ):
+                flatten_parameters(module)
+        t_flat, s_flat = flat_view(t_list), flat_view(s_list)
+    if t_flat is None or s_flat is None or t_flat.dtype != s_flat.dtype:
+        return None, None
+    if t_flat.device != s_flat.device:
+        return None, None
+    return t_flat, s_flat
+
+
 @torch.no_grad()
 def ema_update(
     teacher: nn.Module,
     student: nn.Module,
     momentum: float,
     buffers: BufferMode = "keep",
+    flatten: bool = True,
 ) -> None:
     """Move the teacher's weights towards the student's, in place and without autograd.
 
     ``theta_t <- momentum * theta_t + (1 - momentum) * theta_s`` for every floating-point
     parameter, paired by name. DDP / DataParallel wrappers are unwrapped first.
+
+    When the floating parameters of both models are views into one flat buffer each, at the
+    same offsets, the update is one ``lerp_`` over the buffers. With ``flatten`` (default),
+    a model whose parameters are not laid out so is flattened first
+    (:func:`dinolab.flat_params.flatten_parameters`, once: the layout persists until the
+    model is moved to another device or dtype).
 
     Args:
         teacher: the averaged model, updated in place.
@@ -88,6 +180,8 @@ def ema_update(
             ``"copy"`` (take the student's buffers) or ``"ema"`` (average floating buffers
             with the same momentum; integer buffers such as ``num_batches_tracked`` are
             copied).
+        flatten: lay the parameters out in flat buffers when they are not (False: leave
+            them as they are and update tensor by tensor when they are not flat already).
 
     Raises:
         ValueError: ``momentum`` outside ``[0, 1]``, or parameter names or shapes differ.
@@ -98,16 +192,12 @@ def ema_update(
     if buffers not in ("keep", "copy", "ema"):
         raise ValueError(f"ema_update: buffers must be 'keep', 'copy' or 'ema', got {buffers!r}")
     teacher, student = unwrap_model(teacher), unwrap_model(student)
-    t_params, s_params = _paired(
-        list(teacher.named_parameters()), list(student.named_parameters()), "parameters"
-    )
-    pairs = [(t, s) for t, s in zip(t_params, s_params, strict=True) if t.is_floating_point()]
-    if pairs:
-        t_list = [t for t, _ in pairs]
-        s_list = [s.detach() for _, s in pairs]
-        # lerp: t + (1 - m) * (s - t) == m * t + (1 - m) * s, in ONE pass over both tensors.
-        # On a CPU the update is memory-bound, so this beats mul_ then add_ (two passes).
-        torch._foreach_lerp_(t_list, s_list, 1.0 - m)
+    cached = _FLAT_PAIRS.get(teacher)
+    if cached is not None and cached.holds(student):
+        cached.t_flat.lerp_(cached.s_flat, 1.0 - m)  # see below
+    else:
+        _FLAT_PAIRS.pop(teacher, None)
+        _update_parameters(teacher, student, m, flatten)
     if buffers == "keep":
         return
     t_bufs, s_bufs = _paired(
@@ -118,6 +208,25 @@ def ema_update(
             t.lerp_(s, 1.0 - m)
         else:
             t.copy_(s)
+
+
+def _update_parameters(teacher: nn.Module, student: nn.Module, m: float, flatten: bool) -> None:
+    """Pair the parameters by name, flatten if asked, update; remember a flat pair."""
+    t_params, s_params = _paired(
+        list(teacher.named_parameters()), list(student.named_parameters()), "parameters"
+    )
+    floating = [t.is_floating_point() for t in t_params]
+    t_list = [t for t, keep in zip(t_params, floating, strict=True) if keep]
+    s_list = [s for s, keep in zip(s_params, floating, strict=True) if keep]
+    if t_list:
+        t_flat, s_flat = _flat_pair(teacher, student, t_list, s_list, flatten)
+        # lerp: t + (1 - m) * (s - t) == m * t + (1 - m) * s, in ONE pass over both tensors.
+        # On a CPU the update is memory-bound, so this beats mul_ then add_ (two passes).
+        if t_flat is not None and s_flat is not None:
+            t_flat.lerp_(s_flat, 1.0 - m)
+            _FLAT_PAIRS[teacher] = _FlatPair(teacher, student, t_list + s_list, t_flat, s_flat)
+        else:
+            torch._foreach_lerp_(t_list, [s.detach() for s in s_list], 1.0 - m)
 
 
 class EMAUpdater:
