@@ -22,7 +22,6 @@ Run alone: ``python benchmarks/bench_dino_loss.py``.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from run import BenchResult, time_interleaved  # noqa: E402
+from run import BenchResult, print_result, skipped_without, time_interleaved  # noqa: E402
 
 from dinolab.losses import DINOLoss  # noqa: E402
 from dinolab.models import DINOHead  # noqa: E402
@@ -63,14 +62,9 @@ def run(quick: bool = False) -> BenchResult:
     name = "dino_loss"
     baseline = "lightly 1.6 `DINOProjectionHead` + `DINOLoss`"
     candidate = "`dinolab.models.DINOHead` + `dinolab.losses.DINOLoss`"
-    if importlib.util.find_spec("lightly") is None:
-        return BenchResult(
-            name=name, baseline=baseline, candidate=candidate, goal=GOAL,
-            skipped=(
-                "lightly is not installed. It is the optional `bench` extra: run `make bench`, "
-                "or `pip install 'lightly==1.6.*'` in the environment, then run again."
-            ),
-        )
+    missing = skipped_without("lightly", name, baseline, candidate, GOAL)
+    if missing is not None:
+        return missing
     import lightly
     from lightly.loss import DINOLoss as LightlyDINOLoss
 
@@ -195,11 +189,4 @@ def run(quick: bool = False) -> BenchResult:
 
 
 if __name__ == "__main__":
-    result = run(quick="--quick" in sys.argv)
-    if result.skipped:
-        print(f"skipped: {result.skipped}")
-    else:
-        print(f"{result.baseline}: {result.baseline_s * 1e3:.2f} ms; {result.candidate}: "
-              f"{result.candidate_s * 1e3:.2f} ms; ratio {result.ratio:.2f}x "
-              f"(goal {result.goal}x)")
-        print(result.check)
+    print_result(run(quick="--quick" in sys.argv))

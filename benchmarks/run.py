@@ -51,6 +51,38 @@ def discover() -> list[str]:
 
 
 @dataclass
+class Reference:
+    """A rate measured in the same run, on the same machine, that the candidate is held to.
+
+    Either a limit of the machine (memory bandwidth from a flat ``lerp_``, GEMM throughput)
+    or a peer's throughput (kornia's batched augmentation). ``fraction = achieved / rate``.
+
+    Attributes:
+        what: what the rate is and how it was measured.
+        unit: unit of ``rate`` and ``achieved`` (``GB/s``, ``GFLOP/s``, ``images/s``).
+        rate: the reference rate (median over interleaved rounds).
+        achieved: the candidate's rate in the same unit.
+        goal: the fraction to reach, or None when it is only reported.
+    """
+
+    what: str
+    unit: str
+    rate: float
+    achieved: float
+    goal: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """``achieved / rate``."""
+        return self.achieved / self.rate
+
+    def status(self) -> str:
+        if self.goal is None:
+            return "reported"
+        return "met" if self.fraction >= self.goal else "NOT met"
+
+
+@dataclass
 class BenchResult:
     """One row of the results table.
 
@@ -70,6 +102,8 @@ class BenchResult:
         skipped: why the benchmark did not run (then the timings are NaN).
         error: the exception that stopped the benchmark, e.g. a failed correctness check.
         load_after: the machine's 1-minute load average when the benchmark finished.
+        references: rates measured in the same run that the candidate's rate is compared with
+            (see :class:`Reference`).
     """
 
     name: str
@@ -87,6 +121,7 @@ class BenchResult:
     skipped: str | None = None
     error: str | None = None
     load_after: float = float("nan")
+    references: list[Reference] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -108,6 +143,26 @@ class BenchResult:
         if self.skipped is not None:
             return "skipped"
         return "met" if self.met else "NOT met"
+
+
+def skipped_without(package: str, name: str, baseline: str, candidate: str,
+                    goal: float) -> BenchResult | None:
+    """A skipped :class:`BenchResult` when the optional ``package`` is missing, else None.
+
+    lightly and kornia are the ``bench`` extra (``pip install -e '.[bench]'``, which
+    ``make bench`` runs); a benchmark that needs one says so instead of failing.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return BenchResult(
+        name=name, baseline=baseline, candidate=candidate, goal=goal,
+        skipped=(
+            f"{package} is not installed. It is in the optional `bench` extra: run `make "
+            "bench`, or `pip install -e '.[bench]'` in the environment, then run again."
+        ),
+    )
 
 
 @dataclass
@@ -138,21 +193,24 @@ def time_interleaved(
     """Median seconds per call of each function, measured in alternating order.
 
     Each of ``repeats`` rounds times ``inner`` consecutive calls of every function; odd rounds
-    run the functions in reverse order, so neither side always runs first (after the other
-    has warmed or cooled the caches).
+    run the functions in reverse order, so no side always runs first (after another has
+    warmed or cooled the caches).
 
     Args:
-        fns: exactly two named zero-argument callables, ``{baseline: f, candidate: g}``.
+        fns: two or more named zero-argument callables, ``{baseline: f, candidate: g, ...}``;
+            further ones (a machine limit such as a flat ``lerp_`` or a GEMM) are timed in the
+            same rounds.
         repeats: timed rounds.
         inner: calls per timed sample (for functions much faster than a millisecond).
         warmup: untimed calls of each function first (allocator, thread pool, lazy init).
 
     Returns:
         :class:`Timing` with the median and the fastest seconds per call of each function and
-        the baseline/candidate ratio of every round (the first function is the baseline).
+        the baseline/candidate ratio of every round (the first function is the baseline, the
+        second the candidate).
     """
-    if len(fns) != 2:
-        raise ValueError(f"time_interleaved: expected 2 functions, got {len(fns)}")
+    if len(fns) < 2:
+        raise ValueError(f"time_interleaved: expected at least 2 functions, got {len(fns)}")
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -173,8 +231,43 @@ def time_interleaved(
     )
 
 
+# CPU flags that decide which kernels run: vector width, native bf16 and matrix units.
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16",
+         "amx_fp16")
+
+
+def cpu_flags() -> str:
+    """Which of :data:`FLAGS` ``/proc/cpuinfo`` lists, e.g. ``avx512f yes, amx_bf16 no``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    found: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            found = set(line.split(":", 1)[1].split())
+            break
+    return ", ".join(f"{flag} {'yes' if flag in found else 'no'}" for flag in FLAGS)
+
+
+def print_result(result: BenchResult) -> None:
+    """Print one benchmark's result (what ``python benchmarks/bench_<name>.py`` shows)."""
+    if result.skipped is not None:
+        print(f"skipped: {result.skipped}")
+        return
+    print(f"{result.baseline}: {_fmt_time(result.baseline_s)}; {result.candidate}: "
+          f"{_fmt_time(result.candidate_s)}; ratio {result.ratio:.2f}x (goal {result.goal:g}x)")
+    print(f"check: {result.check}")
+    print(f"config: {result.config}")
+    if result.notes:
+        print(f"notes: {result.notes}")
+    for ref in result.references:
+        print(f"{ref.what}: {_fmt_rate(ref.rate, ref.unit)}; dinolab "
+              f"{_fmt_rate(ref.achieved, ref.unit)} = {ref.fraction:.2f} of it ({ref.status()})")
+
+
 def machine_info() -> dict[str, str]:
-    """CPU model, core counts, load, Python and torch versions, torch threads."""
+    """CPU model and flags, core counts, load, Python and torch versions, torch threads."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -193,11 +286,13 @@ def machine_info() -> dict[str, str]:
         load = "unknown"
     return {
         "CPU": cpu,
+        "CPU flags": cpu_flags(),
         "cores": f"{os.cpu_count()} logical, {usable} usable by this process",
         "load average (1/5/15 min) at start": load,
         "OS": f"{platform.system()} {platform.release()} ({platform.machine()})",
         "Python": platform.python_version(),
-        "torch": f"{torch.__version__} (CPU; {torch.get_num_threads()} intra-op threads)",
+        "torch": f"{torch.__version__} (CPU; {torch.get_num_threads()} intra-op threads; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})",
     }
 
 
@@ -242,6 +337,30 @@ def table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_rate(value: float, unit: str) -> str:
+    return f"{value:.3g} {unit}" if value == value else "n/a"
+
+
+def reference_table(results: list[BenchResult]) -> str:
+    """Markdown table of every benchmark's rates against those measured in the same run."""
+    lines = [
+        "| benchmark | reference (measured in the same run) | its rate | dinolab's rate | "
+        "fraction | goal | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.skipped is not None or r.error is not None:
+            continue
+        for ref in r.references:
+            goal = f">= {ref.goal:g}" if ref.goal is not None else "-"
+            lines.append(
+                f"| {r.name} | {ref.what} | {_fmt_rate(ref.rate, ref.unit)} | "
+                f"{_fmt_rate(ref.achieved, ref.unit)} | {ref.fraction:.2f} | {goal} | "
+                f"{ref.status()} |"
+            )
+    return "\n".join(lines)
+
+
 def _load_1min() -> float:
     try:
         return os.getloadavg()[0]
@@ -277,6 +396,12 @@ def write_results(results: list[BenchResult], path: Path, argv: list[str], elaps
         "",
         table(results),
         "",
+        "Beside each ratio, dinolab's rate as a fraction of a rate measured in the same run on "
+        "the same machine: a limit of the machine (memory bandwidth, GEMM throughput), which "
+        "says how much is left to win on any CPU, or a peer's throughput.",
+        "",
+        reference_table(results),
+        "",
     ]
     for r in results:
         out += [f"## {r.name}", ""]
@@ -303,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="few repeats, for checking that the benchmarks run (numbers noisy)")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md",
                         help="where to write the Markdown report (default: benchmarks/RESULTS.md)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (default 0: torch's own choice, one per "
+                        "core); 1 on a machine shared with other jobs")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(selected) - set(available))
     if unknown:
@@ -338,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print()
     print(table(results))
+    print()
+    print(reference_table(results))
     cli = [os.path.relpath(Path(sys.argv[0]).resolve(), ROOT), *(argv if argv is not None
                                                                  else sys.argv[1:])]
     write_results(results, args.output, cli, elapsed, info)
