@@ -108,6 +108,26 @@ def test_dino_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     assert [s["loss"] for s in la] == [s["loss"] for s in lb]
 
 
+def test_training_keeps_both_models_in_flat_buffers_with_unchanged_checkpoint_keys(tmp_path):
+    # The EMA update lays teacher and student out as views into one buffer each
+    # (dinolab.flat_params), so the resume test above and the 2-process run in
+    # test_distributed.py exercise the flat layout; the checkpoint looks as before.
+    from dinolab.flat_params import flat_view, floating_parameters
+    from dinolab.train.recipes.dino import build_student
+
+    seen = []
+
+    def check(engine, record):
+        models = (engine.task.teacher, engine.task.student)
+        seen.append(all(flat_view(floating_parameters(m)) is not None for m in models))
+
+    train_dino(tiny(tmp_path, epochs=1), callbacks=[check])
+    assert seen == [True] * 4
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    keys = list(build_student(tiny(tmp_path)).state_dict())
+    assert list(ckpt["student"]) == keys and list(ckpt["teacher"]) == keys
+
+
 class PoisonedAfterEpoch1(SeededTransform):
     """Image ``bad_index`` turns into NaNs from the second epoch on."""
 
