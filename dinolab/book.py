@@ -93,12 +93,18 @@ GLOSSARY: list[tuple[str, str]] = [
      "distribution, large ones flatten it."),
     ("collapse", "a degenerate solution in which every image gets the same output (one "
      "prototype, or a uniform distribution); the loss can be low while the features are useless."),
-    ("entropy $H(p)$", "$-\\sum_k p_k \\log p_k$: 0 for a one-hot distribution, "
-     "$\\log K$ for the uniform one; the course's collapse monitor."),
+    ("entropy $h(p)$", "$-\\sum_k p_k \\log p_k$: 0 for a one-hot distribution, "
+     "$\\log K$ for the uniform one; the course's collapse monitor (lesson 0's notation: "
+     "lower-case $h$ for an entropy, $H$ with two arguments for a cross-entropy)."),
     ("cross-entropy $H(p, q)$", "$-\\sum_k p_k \\log q_k$; the DINO loss is the cross-entropy "
      "between the teacher's and the student's distributions, averaged over crop pairs."),
-    ("KL divergence", "$\\mathrm{KL}(p\\,\\|\\,q) = H(p, q) - H(p)$; zero when the two "
+    ("KL divergence", "$\\mathrm{KL}(p\\,\\|\\,q) = H(p, q) - h(p)$; zero when the two "
      "distributions agree."),
+    ("stop-gradient", "using a network's output as a fixed target: no gradient flows back "
+     "through it (torch.no_grad() or .detach()); DINO's teacher and "
+     "BYOL's target are behind one."),
+    ("prototypes", "the $K$ outputs of the projection head's last layer, one unit vector each "
+     "in DINO; the teacher's softmax over them is the target distribution."),
     ("InfoNCE / NT-Xent", "the contrastive loss of SimCLR and MoCo: classify the positive view "
      "among negatives by cosine similarity over a temperature."),
     ("negatives", "other images' views that a contrastive loss pushes away; DINO and BYOL "
@@ -127,29 +133,39 @@ GLOSSARY: list[tuple[str, str]] = [
 # (short name, authors and title, year, arXiv id, where the course uses it)
 REFERENCES: list[tuple[str, str, int, str, str]] = [
     ("DINO", "Caron et al., Emerging Properties in Self-Supervised Vision Transformers", 2021,
-     "2104.14294", "lessons 1, 3.1-4.3: the whole recipe"),
+     "2104.14294", "lessons 0-4.3: the whole recipe; its Algorithm 1 in lesson 4.3"),
     ("DINOv2", "Oquab et al., DINOv2: Learning Robust Visual Features without Supervision", 2023,
-     "2304.07193", "lesson 6: iBOT, KoLeo, Sinkhorn-Knopp, distilling a frozen teacher"),
+     "2304.07193", "lessons 4.2-4.3 (per-iteration temperature, KoLeo, clipping) and 6: iBOT, "
+     "KoLeo, Sinkhorn-Knopp, distilling a frozen teacher"),
     ("DINOv3", "Siméoni et al., DINOv3", 2025, "2508.10104",
      "lesson 6: official checkpoints, what came next"),
     ("iBOT", "Zhou et al., iBOT: Image BERT Pre-Training with Online Tokenizer", 2021,
      "2111.07832", "lesson 6: the masked patch loss"),
     ("KoLeo", "Sablayrolles et al., Spreading Vectors for Similarity Search", 2018,
-     "1806.03198", "lesson 6: the KoLeo regulariser"),
+     "1806.03198", "lessons 4.3 and 6: the KoLeo regulariser"),
     ("KD", "Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural Network", 2015,
-     "1503.02531", "lessons 1 and 5: temperature and the $T^2$ factor"),
+     "1503.02531", "lessons 1 and 5: temperature, the $T^2$ factor, the transfer set"),
     ("SimCLR", "Chen et al., A Simple Framework for Contrastive Learning of Visual "
-     "Representations", 2020, "2002.05709", "lesson 1: NT-Xent"),
+     "Representations", 2020, "2002.05709", "lessons 1 (NT-Xent) and 3.3 (the projection MLP)"),
     ("MoCo", "He et al., Momentum Contrast for Unsupervised Visual Representation Learning",
      2019, "1911.05722", "lesson 1: the queue and the momentum encoder"),
     ("BYOL", "Grill et al., Bootstrap Your Own Latent", 2020, "2006.07733",
-     "lesson 1: predictor and EMA target without negatives"),
+     "lessons 1 (predictor and EMA target without negatives) and 3.1 (the cosine momentum)"),
     ("ViT", "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
      "Recognition at Scale", 2020, "2010.11929", "lesson 2: patches, CLS token"),
     ("Registers", "Darcet et al., Vision Transformers Need Registers", 2023, "2309.16588",
-     "lessons 2 and 4.3: attention maps and register tokens"),
+     "further reading: register tokens and cleaner attention maps "
+     "(experiments/dino_research.md tries them)"),
     ("SwAV", "Caron et al., Unsupervised Learning of Visual Features by Contrasting Cluster "
-     "Assignments", 2020, "2006.09882", "lesson 6: Sinkhorn-Knopp"),
+     "Assignments", 2020, "2006.09882", "lessons 3.2 (multi-crop) and 6 (Sinkhorn-Knopp)"),
+    ("MeanTeacher", "Tarvainen and Valpola, Mean teachers are better role models: "
+     "Weight-averaged consistency targets improve semi-supervised deep learning results", 2017,
+     "1703.01780", "lessons 1, 3.1 and 5: a teacher that is an EMA of the student's weights"),
+    ("ResNet", "He et al., Deep Residual Learning for Image Recognition", 2015, "1512.03385",
+     "lesson 2: the ResNet backbone"),
+    ("WeightNorm", "Salimans and Kingma, Weight Normalization: A Simple "
+     "Reparameterization to Accelerate Training of Deep Neural Networks", 2016, "1602.07868",
+     "lesson 3.3: the head's weight-normalised last layer"),
 ]
 
 PREREQUISITES = [
