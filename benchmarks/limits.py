@@ -136,6 +136,39 @@ class GemmReplay:
         return [text for _, text in sorted(rows, reverse=True)[:n]]
 
 
+# Operator-name fragments -> the group a profile reports them under (first match wins).
+_GROUPS = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention kernel", ("scaled_dot_product",)),
+    ("GELU", ("gelu",)),
+    ("layer norm", ("layer_norm",)),
+    ("softmax / log-softmax", ("softmax",)),
+    ("convolution", ("convolution",)),
+    ("optimizer", ("adam", "Optimizer", "_foreach", "lerp")),
+    ("copies, cat, fill", ("copy_", "aten::cat", "fill_", "zero_", "clone", "contiguous")),
+)
+
+
+def profile_breakdown(fn: Callable[[], object], calls: int = 2) -> list[tuple[str, float]]:
+    """Where one call's CPU time goes: ``(group, fraction)`` pairs, largest first.
+
+    ``torch.profiler`` records ``calls`` calls of ``fn``; the self CPU time of every operator
+    is summed into the groups of ``_GROUPS`` (matrix products, attention, GELU, ...) and
+    "other" (element-wise arithmetic, views, Python-level autograd bookkeeping).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    totals: Counter[str] = Counter()
+    for event in prof.key_averages():
+        group = next((g for g, keys in _GROUPS if any(k in event.key for k in keys)), "other")
+        totals[group] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return [(group, t / whole) for group, t in totals.most_common()]
+
+
 def square_gemm(n: int = 2048) -> tuple[Callable[[], object], int]:
     """A zero-argument ``torch.mm`` of two float32 ``[n, n]`` matrices, and its FLOPs."""
     g = torch.Generator().manual_seed(0)
