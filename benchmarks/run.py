@@ -10,16 +10,19 @@ Every benchmark times a dinolab implementation against a plain baseline IN THE S
 the same inputs, interleaving the two (A B, B A, A B, ...) so that a machine that speeds up or
 slows down during the run (other processes, thermal limits) affects both alike. What is
 reported is the RATIO of median times, which carries over between machines far better than
-absolute times; absolute times are listed too. Before timing, each benchmark checks that both
-sides compute the same thing, so a fast-but-wrong implementation cannot win.
+absolute times; absolute times are listed too. Beside the ratio, a benchmark may report
+dinolab's rate as a fraction of a limit timed in the same rounds (:class:`Reference`: memory
+bandwidth, GEMM throughput, a peer's throughput), which says how much is left to win on any
+machine. Before timing, each benchmark checks that both sides compute the same thing, so a
+fast-but-wrong implementation cannot win.
 
 Every ``benchmarks/bench_<name>.py`` that defines ``run(quick: bool) -> BenchResult`` is
 run, the three core ones (``ema``, ``multicrop``, ``dino_loss``) first. A benchmark that raises
 (a failed correctness check, say) is reported as FAILED in the table and makes the exit status
 1; the others still run.
 
-This module also holds what the benchmarks share: :class:`BenchResult`, :class:`Timing` and
-:func:`time_interleaved`.
+This module also holds what the benchmarks share: :class:`BenchResult`, :class:`Reference`,
+:class:`Timing`, :func:`time_interleaved`, :func:`skipped_without` and :func:`print_result`.
 """
 
 from __future__ import annotations
