@@ -113,9 +113,11 @@ class GemmReplay:
         for (func, layout), count in recorder.calls.items():
             tensors = []
             for shape, stride, dtype in layout:
-                t = torch.empty_strided(shape, stride, dtype=dtype)
-                t.copy_(torch.randn(shape, generator=g).to(dtype))
-                tensors.append(t)
+                # Any layout, expanded (stride 0) and transposed ones included: random values
+                # in a storage just large enough, viewed with the recorded strides.
+                extent = 1 + sum(max(n - 1, 0) * st for n, st in zip(shape, stride, strict=True))
+                base = torch.randn(extent, generator=g).to(dtype)
+                tensors.append(base.as_strided(shape, stride))
             self._work.append((func, tensors, count))
             self.flops += count * _GEMMS[func]([torch.Size(s) for s, _, _ in layout])
         self.calls = sum(recorder.calls.values())
