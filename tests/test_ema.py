@@ -262,3 +262,22 @@ def test_a_replaced_parameter_module_or_student_is_seen_at_the_next_update():
     teacher[0].weight = nn.Parameter(torch.zeros(8, 5))
     with pytest.raises(ValueError, match="shape"):
         ema_update(teacher, other, 0.5)
+
+
+def test_a_remembered_pair_is_reused_until_a_module_or_a_layout_changes():
+    from dinolab.ema import _FLAT_PAIRS
+
+    teacher, student = _vit_pair()
+    ema_update(teacher, student, 0.9)
+    pair = _FLAT_PAIRS[teacher]
+    ema_update(teacher, student, 0.9)
+    assert _FLAT_PAIRS[teacher] is pair  # the fast path: no pairing by name
+    teacher.load_state_dict(student.state_dict())  # copies in place: still the same layout
+    assert pair.holds(student)
+    student.head = nn.Identity()  # any registration anywhere invalidates the memory
+    assert not pair.holds(student)
+    teacher, student = _vit_pair()
+    ema_update(teacher, student, 0.9)
+    pair = _FLAT_PAIRS[teacher]
+    teacher.double()  # new memory for every parameter
+    assert not pair.holds(student)
