@@ -469,6 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         info["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         pass
+    busiest = max([r.load_after for r in results if r.load_after == r.load_after], default=0.0)
+    if busiest > (os.cpu_count() or 1):
+        info["WARNING"] = (
+            f"the 1-minute load average reached {busiest:.2f} on {os.cpu_count()} logical "
+            "cores: other processes competed for the CPU during this run, so its times and "
+            "ratios are indicative only; run again on a quiet machine"
+        )
     print()
     print(table(results))
     print()
