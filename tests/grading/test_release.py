@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import nbformat
 import pytest
 
 from dinolab.grading import nbgrader_flow
+from dinolab.grading.checks import answer_digest
 from dinolab.grading.nbgrader_flow import assignments, release_differences
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,3 +143,39 @@ def test_module_1_quiz_has_five_auto_graded_questions() -> None:
     cells = _cells("exercises", "01_3_contrastive_vs_distillation")
     quiz = [_meta(c)["grade_id"] for c in cells if _is_test(c) and "check_choice" in c.source]
     assert quiz == [f"quiz_q{i}" for i in range(1, 6)]
+
+
+QUIZ_QUESTION = re.compile(r"^\*\*(q\d)\.\*\*", re.M)
+QUIZ_OPTION = re.compile(r"^\* \(([a-d])\) (.+(?:\n  .+)*)", re.M)
+QUIZ_KEY = re.compile(r'check_choice\(quiz_answers\(\), "(q\d)", "([0-9a-f]{16})"')
+QUIZZES = [a for a in ASSIGNMENTS
+           if any(_is_test(c) and QUIZ_KEY.search(c.source) for c in _cells("exercises", a))]
+
+
+@pytest.mark.parametrize("assignment", QUIZZES)
+def test_graded_quizzes_have_no_giveaway(assignment: str) -> None:
+    """The checks of tests/course/test_lesson_content.py, on a released quiz (issue 17).
+
+    The right letter of each question is the one whose ``answer_digest`` is the key in its
+    ``check_choice`` cell; it is not usually the longest option, nor always in one place.
+    """
+    cells = _cells("exercises", assignment)
+    keys = dict(QUIZ_KEY.findall("\n".join(c.source for c in cells if _is_test(c))))
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    parts = QUIZ_QUESTION.split(text)[1:]
+    options = {q: {k: " ".join(v.split()) for k, v in QUIZ_OPTION.findall(block)}
+               for q, block in zip(parts[::2], parts[1::2], strict=True)}
+    assert sorted(options) == sorted(keys), f"questions {sorted(options)}, keys {sorted(keys)}"
+    answers = {}
+    for q, digest in keys.items():
+        assert sorted(options[q]) == ["a", "b", "c", "d"], f"{q}: options {options[q]}"
+        right = [a for a in options[q] if answer_digest(q, a) == digest]
+        assert len(right) == 1, f"{q}: the key {digest} matches {right or 'no letter'}"
+        answers[q] = right[0]
+    assert len(set(answers.values())) >= 3, f"right answers by question: {answers}"
+    longest = [q for q, a in answers.items()
+               if len(options[q][a]) > max(len(v) for k, v in options[q].items() if k != a)]
+    assert len(longest) <= len(answers) // 2, (
+        f"the right answer is the longest option in {longest}; make the wrong options as long "
+        "and as plausible"
+    )
