@@ -351,3 +351,20 @@ def test_epoch_means_average_a_metric_over_the_steps_that_report_it(tmp_path):
     Engine(Sometimes(), _data(), _cfg(tmp_path)).fit()
     epochs = [json.loads(line) for line in (tmp_path / "log_epochs.jsonl").read_text().splitlines()]
     assert [e["train_rare"] for e in epochs] == [1.0, 4.0, 7.0]  # not 1/3, 4/3, 7/3
+
+
+def test_every_engine_name_is_still_importable_from_dinolab_train_engine():
+    # engine.py was split by idea (config, device, optim, task, seeded); the old import path
+    # must keep giving the very same objects.
+    import dinolab.train.config as config
+    import dinolab.train.device as device
+    import dinolab.train.engine as engine
+    import dinolab.train.optim as optim
+    import dinolab.train.seeded as seeded
+    import dinolab.train.task as task
+
+    homes = (config, device, optim, seeded, task)
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if name != "Engine":
+            assert any(getattr(home, name, None) is obj for home in homes), name
