@@ -164,7 +164,10 @@ def _draw_chunk(
 
 
 def _draw_dark_chunk(
-    labels: np.ndarray, img_size: int, rng: np.random.Generator
+    labels: np.ndarray,
+    img_size: int,
+    rng: np.random.Generator,
+    background_level: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``len(labels)`` images of the ``"dark"`` style and their object masks.
 
@@ -176,6 +179,15 @@ def _draw_dark_chunk(
     stayed at uniform targets (k-NN at chance after 1200 steps); with one polarity and grey
     levels, the silhouette is what the crops share, and the teacher left uniform targets within
     150 steps.
+
+    Args:
+        labels: int ``[n]`` shape classes.
+        img_size: side ``S`` in pixels.
+        rng: the split's generator.
+        background_level: ``None`` draws each image's background level from [0, 0.35]
+            (``"dark"``); a number gives every image that level (``"dark_fixed"``: 0.15). The
+            random draws are the same either way, so both styles have the same shapes, places,
+            shape levels and noise for the same seed.
 
     Returns:
         ``(images, masks)``: uint8 ``[n, S, S, 3]`` (grey: the three channels differ only by
@@ -189,6 +201,8 @@ def _draw_dark_chunk(
     theta = rng.uniform(0.0, 2 * np.pi, (n, 1, 1)).astype(f32)
     coverage = _coverage(labels, cx, cy, radius, theta, s)
     background = rng.uniform(0.0, 0.35, (n, 1, 1, 1)).astype(f32)
+    if background_level is not None:
+        background[:] = background_level
     level = rng.uniform(0.65, 1.0, (n, 1, 1, 1)).astype(f32)
     img = background + (level - background) * coverage[..., None]
     noise_std = rng.uniform(0.01, 0.05, (n, 1, 1, 1)).astype(f32)
@@ -197,11 +211,21 @@ def _draw_dark_chunk(
     return images, coverage >= 0.5
 
 
+#: The background level (0-1) of every ``"dark_fixed"`` image.
+DARK_FIXED_BACKGROUND = 0.15
+
 #: Generators of :class:`Shapes`, by ``style``.
 SHAPES_STYLES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "grey": _draw_chunk,
     "dark": _draw_dark_chunk,
+    # One background level for every image: the background then tells two crops of one image
+    # nothing, so DINO matches the silhouette (experiments/dino_research.md, session 10).
+    "dark_fixed": functools.partial(_draw_dark_chunk, background_level=DARK_FIXED_BACKGROUND),
 }
+
+
+#: Styles that draw from another style's random numbers (same images, one thing changed).
+_SEED_FAMILY = {"dark_fixed": "dark"}
 
 
 @functools.lru_cache(maxsize=16)
@@ -210,8 +234,10 @@ def _cached_shapes(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     draw_chunk = SHAPES_STYLES[style]
     # The grey style keeps its original seeds (its images are pinned by tests); other styles
-    # derive theirs from the style's name as well.
-    entropy = [seed, split] if style == "grey" else [seed, split, *style.encode()]
+    # derive theirs from the style's name as well; "dark_fixed" from "dark"'s, so the two are
+    # the same images but for the background.
+    family = _SEED_FAMILY.get(style, style)
+    entropy = [seed, split] if style == "grey" else [seed, split, *family.encode()]
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
     # Exactly balanced classes (counts differ by at most one), in random order.
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
@@ -259,9 +285,11 @@ def generate_shapes(
             ``(seed, 1)`` (test).
         num_classes: use the first ``num_classes`` entries of :data:`SHAPE_CLASSES` (2..6).
         train: which split.
-        style: ``"grey"`` (coloured shapes on noisy grey backgrounds, the original set) or
-            ``"dark"`` (bright grey shapes anywhere on dark backgrounds, the set DINO's course
-            teacher learns from; see :func:`_draw_dark_chunk`).
+        style: ``"grey"`` (coloured shapes on noisy grey backgrounds, the original set),
+            ``"dark"`` (bright grey shapes anywhere on dark backgrounds of a random level; see
+            :func:`_draw_dark_chunk`) or ``"dark_fixed"`` (the same images with one background
+            level for all: the background no longer tells images apart, so DINO learns the
+            silhouette; see experiments/dino_research.md).
 
     Returns:
         ``(images, labels)``: read-only uint8 ``[n, img_size, img_size, 3]`` and int64 ``[n]``.
@@ -334,9 +362,9 @@ class ArrayImageDataset(Dataset):
 class Shapes(ArrayImageDataset):
     """Synthetic shapes generated from a seed: the label is the silhouette.
 
-    Two styles: ``"grey"`` (the default; coloured shapes on noisy grey backgrounds) and
-    ``"dark"`` (bright grey shapes anywhere on dark backgrounds, smaller, any position: the data
-    ``dinolab train dino`` and the course teacher learn from).
+    Three styles: ``"grey"`` (the default; coloured shapes on noisy grey backgrounds),
+    ``"dark"`` (bright grey shapes anywhere on dark backgrounds of a random level, smaller, any
+    position) and ``"dark_fixed"`` (the same images with one background level for all).
 
     Args:
         n: number of images in this split.
@@ -347,7 +375,7 @@ class Shapes(ArrayImageDataset):
         train: ``True`` for the training split, ``False`` for the test split.
         transform: applied to each image (a PIL image, or a uint8 tensor with ``as_tensor``).
         as_tensor: return uint8 tensors ``[3, H, W]`` instead of PIL images.
-        style: ``"grey"`` or ``"dark"`` (see :func:`generate_shapes`).
+        style: ``"grey"``, ``"dark"`` or ``"dark_fixed"`` (see :func:`generate_shapes`).
 
     Attributes:
         data: uint8 array ``[n, H, W, 3]`` (the layout of torchvision's CIFAR10), this

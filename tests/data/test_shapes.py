@@ -12,7 +12,13 @@ from PIL import Image
 from sklearn.neighbors import KNeighborsClassifier
 
 from dinolab.data import shapes as shapes_module
-from dinolab.data.shapes import SHAPE_CLASSES, Shapes, generate_shapes, generate_shapes_masks
+from dinolab.data.shapes import (
+    DARK_FIXED_BACKGROUND,
+    SHAPE_CLASSES,
+    Shapes,
+    generate_shapes,
+    generate_shapes_masks,
+)
 
 
 def test_same_seed_same_images_even_without_the_cache() -> None:
@@ -314,6 +320,32 @@ def test_dark_style_places_shapes_anywhere_and_differs_from_grey() -> None:
     again = Shapes(n=600, seed=0, style="dark")
     assert np.array_equal(again.data, dark_images) and again.style == "dark"
     assert "style='dark'" in repr(again)
+
+
+def test_dark_fixed_style_is_the_dark_images_with_one_background_level() -> None:
+    dark = generate_shapes_masks(n=300, img_size=32, seed=5, style="dark")
+    fixed = generate_shapes_masks(n=300, img_size=32, seed=5, style="dark_fixed")
+    # Same random draws: same labels, masks and shapes; only the background differs.
+    assert np.array_equal(fixed[1], dark[1]) and np.array_equal(fixed[2], dark[2])
+    grey_fixed = fixed[0].astype(np.float64).mean(-1) / 255
+    grey_dark = dark[0].astype(np.float64).mean(-1) / 255
+    bg_fixed = np.array([g[~m].mean() for g, m in zip(grey_fixed, fixed[2], strict=True)])
+    bg_dark = np.array([g[~m].mean() for g, m in zip(grey_dark, dark[2], strict=True)])
+    # Every image's background mean is the fixed level up to pixel noise and edge pixels
+    # (noise std <= 0.05 per pixel, averaged over hundreds of pixels), while "dark" spreads
+    # its levels over [0, 0.35].
+    assert np.abs(bg_fixed - DARK_FIXED_BACKGROUND).max() < 0.02, bg_fixed
+    assert bg_dark.std() > 0.05 and bg_fixed.std() < 0.01
+    # Object pixels away from the edge are unchanged (edge pixels, and the rare masked pixel
+    # only partly covered at a corner, blend with the background).
+    interior = fixed[2][:, 1:-1, 1:-1] & fixed[2][:, :-2, 1:-1] & fixed[2][:, 2:, 1:-1]
+    interior &= fixed[2][:, 1:-1, :-2] & fixed[2][:, 1:-1, 2:]
+    a = fixed[0][:, 1:-1, 1:-1][interior]
+    b = dark[0][:, 1:-1, 1:-1][interior]
+    assert (a == b).all(-1).mean() > 0.95
+    data = Shapes(n=30, seed=5, style="dark_fixed")
+    assert data.style == "dark_fixed" and "style='dark_fixed'" in repr(data)
+    assert data.masks is not None and data.masks.shape == (30, 32, 32)
 
 
 def test_unknown_style_is_refused_by_name() -> None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dinolab.data.multicrop import multicrop_collate
+from dinolab.data.shapes import SHAPES_STYLES
 from dinolab.train.engine import SeededTransform, TrainConfig
 
 __all__ = [
@@ -35,6 +36,10 @@ __all__ = [
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
+
+
+#: The ``--shapes_style`` choices: the styles of :class:`dinolab.data.Shapes`.
+SHAPES_STYLE_CHOICES: tuple[str, ...] = tuple(SHAPES_STYLES)
 
 
 @dataclass
@@ -86,9 +91,10 @@ class SSLConfig(TrainConfig):
         default="grey",
         metadata=_help(
             "Which synthetic shapes (shapes only): grey (coloured shapes on noisy grey "
-            "backgrounds) or dark (bright grey shapes anywhere on dark backgrounds, with exact "
-            "object masks; the set DINO's course teacher learns shape from).",
-            choices=("grey", "dark"),
+            "backgrounds), dark (bright grey shapes anywhere on dark backgrounds of a random "
+            "level, with exact object masks) or dark_fixed (the same with one background level "
+            "for every image, so that only the silhouette tells images apart).",
+            choices=SHAPES_STYLE_CHOICES,
         ),
     )
     data_seed: int | None = field(
@@ -229,12 +235,15 @@ OFFICIAL_AUGMENTATION: dict[str, Any] = {
 def resolved_augmentation(cfg: SSLConfig) -> dict[str, Any]:
     """The augmentation settings ``cfg`` trains with: unset (None) ones filled in.
 
-    On the bundled dark shapes (``--dataset shapes --shapes_style dark``, no ``--data_path``)
+    On the bundled dark shapes (``--dataset shapes --shapes_style dark`` or ``dark_fixed``, no
+    ``--data_path``)
     an unset setting takes :data:`DARK_SHAPES_AUGMENTATION`'s value, on any other data
     :data:`OFFICIAL_AUGMENTATION`'s; settings given explicitly are kept.
     """
     dark = (
-        cfg.dataset == "shapes" and not cfg.data_path and getattr(cfg, "shapes_style", "") == "dark"
+        cfg.dataset == "shapes"
+        and not cfg.data_path
+        and getattr(cfg, "shapes_style", "") in ("dark", "dark_fixed")
     )
     fill = DARK_SHAPES_AUGMENTATION if dark else OFFICIAL_AUGMENTATION
     return {k: fill[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in fill}

@@ -46,6 +46,7 @@ from dinolab.train.engine import (
     nonfinite_loss,
 )
 from dinolab.train.recipes.common import (
+    SHAPES_STYLE_CHOICES,
     SSLConfig,
     SSLData,
     _help,
@@ -122,7 +123,7 @@ class DINOConfig(SSLConfig):
             "Which synthetic shapes (shapes only): dark (bright grey shapes anywhere on dark "
             "backgrounds, with exact object masks: what DINO learns shape from on a CPU) or grey "
             "(coloured shapes on grey backgrounds, where shared colour is an easier cue).",
-            choices=("grey", "dark"),
+            choices=SHAPES_STYLE_CHOICES,
         ),
     )
     num_images: int = field(

@@ -31,7 +31,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from dinolab.train.engine import fix_random_seeds, resolve_device
-from dinolab.train.recipes.common import SSLConfig, SSLData, _help, build_ssl_data
+from dinolab.train.recipes.common import (
+    SHAPES_STYLE_CHOICES,
+    SSLConfig,
+    SSLData,
+    _help,
+    build_ssl_data,
+)
 
 __all__ = ["EvalConfig", "load_backbone", "eval_knn", "eval_linear", "dump_features"]
 
@@ -118,9 +124,10 @@ class EvalConfig:
     shapes_style: str | None = field(
         default=None,
         metadata=_help(
-            "Which synthetic shapes: grey or dark. Default: the ones the checkpoint was trained "
-            "on (a dinolab checkpoint records them; earlier ones trained on grey), else grey.",
-            choices=("grey", "dark"),
+            "Which synthetic shapes: grey, dark or dark_fixed. Default: the ones the checkpoint "
+            "was trained on (a dinolab checkpoint records them; earlier ones trained on grey), "
+            "else grey.",
+            choices=SHAPES_STYLE_CHOICES,
         ),
     )
     seed: int | None = field(
