@@ -138,7 +138,7 @@ REFERENCES: list[tuple[str, str, int, str, str]] = [
      "2304.07193", "lessons 4.2-4.3 (per-iteration temperature, KoLeo, clipping) and 6: iBOT, "
      "KoLeo, Sinkhorn-Knopp, distilling a frozen teacher"),
     ("DINOv3", "Siméoni et al., DINOv3", 2025, "2508.10104",
-     "lesson 6: official checkpoints, what came next"),
+     "lesson 6: storage tokens, RoPE and Gram anchoring; official checkpoints"),
     ("iBOT", "Zhou et al., iBOT: Image BERT Pre-Training with Online Tokenizer", 2021,
      "2111.07832", "lesson 6: the masked patch loss"),
     ("KoLeo", "Sablayrolles et al., Spreading Vectors for Similarity Search", 2018,
@@ -154,7 +154,7 @@ REFERENCES: list[tuple[str, str, int, str, str]] = [
     ("ViT", "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
      "Recognition at Scale", 2020, "2010.11929", "lesson 2: patches, CLS token"),
     ("Registers", "Darcet et al., Vision Transformers Need Registers", 2023, "2309.16588",
-     "further reading: register tokens and cleaner attention maps "
+     "lesson 6: register (storage) tokens and cleaner attention maps "
      "(experiments/dino_research.md tries them)"),
     ("SwAV", "Caron et al., Unsupervised Learning of Visual Features by Contrasting Cluster "
      "Assignments", 2020, "2006.09882", "lessons 3.2 (multi-crop) and 6 (Sinkhorn-Knopp)"),
@@ -166,6 +166,10 @@ REFERENCES: list[tuple[str, str, int, str, str]] = [
     ("WeightNorm", "Salimans and Kingma, Weight Normalization: A Simple "
      "Reparameterization to Accelerate Training of Deep Neural Networks", 2016, "1602.07868",
      "lesson 3.3: the head's weight-normalised last layer"),
+    ("RoFormer", "Su et al., RoFormer: Enhanced Transformer with Rotary Position Embedding",
+     2021, "2104.09864", "lesson 6: rotary position embeddings (DINOv3's 2-D axial RoPE)"),
+    ("BEiT", "Bao et al., BEiT: BERT Pre-Training of Image Transformers", 2021, "2106.08254",
+     "lesson 6: masked image modelling, where iBOT's masked patch loss comes from"),
 ]
 
 PREREQUISITES = [
