@@ -76,7 +76,7 @@ WORKSPACE_COPY := import pathlib, shutil; [shutil.copy2(p, q) for p in sorted(pa
 workspace: $(VENV_PY)  ## copy exercises/ to work/ for your answers; never overwrites a file there
 	$(PY) -c "$(WORKSPACE_COPY)"
 
-bench: $(VENV_PY)  ## ratio benchmarks (installs the optional lightly extra); writes benchmarks/RESULTS.md
+bench: $(VENV_PY)  ## benchmarks against plain loops, lightly and kornia, each beside a limit measured in the same run (installs the bench extra: lightly, kornia); writes benchmarks/RESULTS.md
 	$(PIP) install --quiet $(CONSTRAINTS) -e ".[bench]"
 	$(PY) benchmarks/run.py
 
