@@ -46,6 +46,19 @@ HELD_OUT_SEEDS = (1, 2, 3)
 BUDGET_EPOCHS = {"full": None, "10min": 14}
 
 
+def _default_style() -> str:
+    """The data ``dinolab train dino`` trains on by default (its ``--shapes_style``)."""
+    from dinolab.train.recipes.dino import DINOConfig
+
+    return DINOConfig().shapes_style
+
+
+def _run_style(out_dir: Path) -> str | None:
+    """The ``--shapes_style`` a run in ``out_dir`` trained on (None: no finished config)."""
+    config = out_dir / "config.json"
+    return json.loads(config.read_text()).get("shapes_style") if config.is_file() else None
+
+
 def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[str, Any]:
     """``dinolab train dino`` for one data seed; figures measured on its checkpoint."""
     from dinolab.train.course_teacher import measure_teacher
@@ -61,7 +74,8 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
     command = "dinolab train dino " + " ".join(flags)
     expected = epochs or (2 if quick else 30)
     log = out_dir / "log_epochs.jsonl"
-    done = log.is_file() and len(log.read_text().splitlines()) == expected
+    done = (log.is_file() and len(log.read_text().splitlines()) == expected
+            and _run_style(out_dir) == _default_style())
     cpu: float | None = None
     if done and (out_dir / "checkpoint.pth").is_file():
         print(f"measuring the finished run of: {command}", flush=True)
@@ -83,6 +97,7 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
     return {
         "command": command,
         "epochs": epochs,
+        "shapes_style": _run_style(out_dir),
         "train_cpu_s": total,
         "total_cpu_s": cpu,
         "cpu_curve_s": curve_cpu,
@@ -163,14 +178,22 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     }
 
 
-def _cached(path: Path, make: Any, *args: Any, key: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
-    """``make(*args)``, saved as JSON at ``path``; read back when the file exists and its
-    entries agree with ``key`` (else made again)."""
+def _saved(path: Path, key: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The JSON at ``path`` when it exists and its entries agree with ``key``, else None."""
     if path.is_file():
         saved = json.loads(path.read_text())
         if all(saved.get(k) == v for k, v in (key or {}).items()):
             return saved
+    return None
+
+
+def _cached(path: Path, make: Any, *args: Any, key: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """``make(*args)``, saved as JSON at ``path``; read back when the file exists and its
+    entries agree with ``key`` (else made again)."""
+    saved = _saved(path, key)
+    if saved is not None:
+        return saved
     result = make(*args)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -222,19 +245,32 @@ def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
-def experiment_dino_showcase(quick: bool, seeds: list[int], report_only: bool = False) -> str:
-    """Run what is missing (or, with ``report_only``, nothing) and report every finished run."""
+def experiment_dino_showcase(
+    quick: bool, seeds: list[int], report_only: bool = False,
+    budgets: tuple[str, ...] = tuple(BUDGET_EPOCHS),
+) -> str:
+    """Run what is missing (or, with ``report_only``, nothing) and report every finished run.
+
+    Only runs on today's default data (``--shapes_style``) are reused or reported; ``budgets``
+    picks among :data:`BUDGET_EPOCHS` (all by default).
+    """
+    unknown = sorted(set(budgets) - set(BUDGET_EPOCHS))
+    if unknown:
+        raise ValueError(f"budgets {unknown} are not among {tuple(BUDGET_EPOCHS)}")
     root = RUNS / "quick" if quick else RUNS
+    style = _default_style()
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for budget, epochs in BUDGET_EPOCHS.items():
-        if quick and budget != "full":
+        if (quick and budget != "full") or budget not in budgets:
             continue
         for seed in seeds:
             out_dir = root / f"dino_{budget}_seed{seed}"
-            if report_only and not (out_dir / "supervised.json").is_file():
+            key = {"epochs": epochs, "shapes_style": style}
+            if report_only and (_saved(out_dir / "figures.json", key) is None
+                                or not (out_dir / "supervised.json").is_file()):
                 continue
             dino = _cached(out_dir / "figures.json", run_dino, seed, epochs, out_dir, quick,
-                           key={"epochs": epochs})
+                           key=key)
             sup = _cached(out_dir / "supervised.json", train_supervised, seed,
                           dino["train_cpu_s"], quick,
                           key={"budget_s": dino["train_cpu_s"],
@@ -245,11 +281,12 @@ def experiment_dino_showcase(quick: bool, seeds: list[int], report_only: bool = 
     lines = [
         "## DINO on the dark shapes: held-out data seeds, against labels for the same CPU time",
         "",
-        "`dinolab train dino` with its defaults (the course teacher's recipe, tuned on data seed "
-        "100 only) on data seeds that took no part in choosing it; each seed's own test split "
-        "(images no step saw) for every figure. 'Labels' is the same backbone trained with "
-        "cross-entropy on the same augmented crops for the same training CPU time "
-        "(`train_supervised` in experiments/dino_showcase.py). Mean ± sd over the seeds listed.",
+        f"`dinolab train dino` with its defaults (the course teacher's recipe on `{style}` "
+        "shapes, tuned on data seed 100 only) on data seeds that took no part in choosing it; "
+        "each seed's own test split (images no step saw) for every figure. 'Labels' is the "
+        "same backbone trained with cross-entropy on the same augmented crops for the same "
+        "training CPU time (`train_supervised` in experiments/dino_showcase.py). Mean ± sd over "
+        "the seeds listed.",
         "",
     ]
     for budget, by_seed in results.items():

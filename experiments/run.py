@@ -833,6 +833,14 @@ def main(argv: list[str] | None = None) -> int:
         help="dino_showcase: report the finished runs, train nothing",
     )
     parser.add_argument(
+        "--showcase_budgets",
+        nargs="+",
+        default=["full", "10min"],
+        choices=["full", "10min"],
+        help="dino_showcase budgets to run and report: the default 30 epochs (full) and/or "
+        "about 10 CPU-minutes (10min) (default: both)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -875,7 +883,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "dino_showcase":
             from dino_showcase import experiment_dino_showcase
 
-            body = experiment_dino_showcase(args.quick, args.showcase_seeds, args.report_only)
+            body = experiment_dino_showcase(
+                args.quick, args.showcase_seeds, args.report_only, tuple(args.showcase_budgets)
+            )
         else:
             body = experiment_collapse(args.quick)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -91,7 +91,7 @@ def test_help_texts_name_every_flag_with_its_default(capsys):
         ("--momentum_teacher", "0.99"),
         ("--output_dir", "runs/dino"),
         ("--global_crops_scale", "0.35 1.0"),
-        ("--shapes_style", "dark"),
+        ("--shapes_style", "dark_fixed"),
         ("--resume", "False"),
         ("--seed", "0"),
         ("--data_path", "None"),

@@ -36,8 +36,8 @@ def test_dumped_features_are_extract_features_of_the_evaluated_sets(tmp_path, ca
     assert files["trainfeat"].shape == (60, 96) and files["testfeat"].shape == (30, 96)
     assert files["trainlabels"].dtype == torch.int64 and files["testlabels"].shape == (30,)
 
-    # The same sets built independently: the course teacher's dark shapes (data seed 0), 32 px.
-    data = build_ssl_data(SSLConfig(num_images=60, num_eval_images=30, shapes_style="dark",
+    # The same sets built independently: the course teacher's shapes (data seed 0), 32 px.
+    data = build_ssl_data(SSLConfig(num_images=60, num_eval_images=30, shapes_style="dark_fixed",
                                     seed=0, global_crops_size=32, local_crops_size=16))
     backbone = load_backbone(COURSE_TEACHER_PATH)
     for split, dataset in (("train", data.knn_train), ("test", data.knn_test)):

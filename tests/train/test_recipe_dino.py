@@ -281,8 +281,8 @@ def test_data_seed_draws_other_images_and_defaults_to_the_seed(tmp_path):
     other, other_test = first_images(data_seed=7)
     assert torch.equal(default, same) and not torch.equal(default, other)
     assert not torch.equal(default_test, other_test)
-    # The dino recipe trains on the dark shapes of the data seed.
-    expected = Shapes(n=16, seed=7, style="dark", as_tensor=True)[0][0]
+    # The dino recipe trains on the dark shapes of the data seed, one background level for all.
+    expected = Shapes(n=16, seed=7, style="dark_fixed", as_tensor=True)[0][0]
     data = build_ssl_data(tiny(tmp_path, data_seed=7))
     assert torch.equal(data.train_set.dataset[0][0], expected)
 

@@ -71,11 +71,11 @@ def test_knn_of_a_checkpoint_equals_the_accuracy_logged_during_training(run, tmp
 
 
 def test_without_data_flags_the_checkpoints_own_data_is_scored(run):
-    # The run trained on 16 dark shapes of data seed 0; no data flags: the same images.
+    # The run trained on 16 dark shapes (dark_fixed) of data seed 0; no data flags: the same images.
     result = eval_knn(EvalConfig(pretrained_weights=str(run[0] / "checkpoint.pth"), nb_knn=(5,),
                                  progress=False, device="cpu"))
     assert result["knn_top1"]["5"] == run[1]["knn_top1"]
-    assert result["data"].startswith("shapes (dark, seed 0, 16 + 8 images")
+    assert result["data"].startswith("shapes (dark_fixed, seed 0, 16 + 8 images")
     # A flag given explicitly wins over the checkpoint's settings.
     grey = eval_knn(_cfg(run, nb_knn=(5,), shapes_style="grey"))
     assert grey["data"].startswith("shapes (grey, seed 0, 16 + 8 images")

@@ -70,7 +70,8 @@ class DINOConfig(SSLConfig):
     """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults).
 
     The defaults are the course teacher's recipe: ``vit_micro`` (4-px patches: an 8x8 grid on
-    32-px images) on 5000 dark shapes for 30 epochs, the settings under which DINO's teacher
+    32-px images) on 5000 dark shapes (``dark_fixed``: one background level) for 30 epochs,
+    the settings under which DINO's teacher
     leaves uniform targets and learns shape on a CPU (``experiments/dino_research.md``).
     :meth:`classic` gives the earlier defaults: official DINO's augmentation and temperatures
     with the 16-token ``vit_course`` on the grey shapes, what the short collapse studies of
@@ -85,9 +86,10 @@ class DINOConfig(SSLConfig):
         default=30,
         metadata=_help(
             "Training epochs (official: 100-800 on ImageNet). The default, 30 epochs of 5000 "
-            "dark shapes (2340 steps), is the course teacher's run: about 25 CPU-minutes on a "
-            "2-core x86 laptop CPU (measured: experiments/dino_research.md); its teacher leaves "
-            "uniform targets within the first epoch."
+            "dark shapes (2340 steps), is the course teacher's run: about 23 CPU-minutes on a "
+            "2-core x86 laptop CPU (measured: benchmarks/EXPERIMENTS.md); its teacher passes "
+            "raw pixels' k-NN in the second epoch and is near its best after about 15 (14 "
+            "epochs: about 10 CPU-minutes)."
         ),
     )
     lr: float = field(
@@ -118,11 +120,15 @@ class DINOConfig(SSLConfig):
         ),
     )
     shapes_style: str = field(
-        default="dark",
+        default="dark_fixed",
         metadata=_help(
-            "Which synthetic shapes (shapes only): dark (bright grey shapes anywhere on dark "
-            "backgrounds, with exact object masks: what DINO learns shape from on a CPU) or grey "
-            "(coloured shapes on grey backgrounds, where shared colour is an easier cue).",
+            "Which synthetic shapes (shapes only): dark_fixed (bright grey shapes anywhere on "
+            "one dark background level, with exact object masks: only the silhouette tells two "
+            "images apart, so DINO learns it), dark (the same shapes on backgrounds of random "
+            "levels: DINO also matches the background level and its attention drifts to the "
+            "background; the course teacher's data before session 10) or grey (coloured shapes "
+            "on grey backgrounds, where shared colour is an easier cue). See "
+            "experiments/dino_research.md.",
             choices=SHAPES_STYLE_CHOICES,
         ),
     )
