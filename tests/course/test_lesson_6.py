@@ -13,7 +13,10 @@ These read the committed notebook only (no kernel) and check that:
 * section 6 (DINOv3) quotes no run figures in its prose (the cells print them), says that its
   DINOv3 figures use random weights, and names the Gram teacher it uses;
 * ``GRAM_WEIGHT`` is a parameter that reaches the runs, and the value the text names is it;
-* the multi-seed figures section 5 quotes are still those of ``benchmarks/EXPERIMENTS.md``.
+* section 1's figures of the course teacher are those of its record (``course_teacher.json``);
+* the multi-seed figures section 5 quotes are still those of ``benchmarks/EXPERIMENTS.md``,
+  each attributed to its loss, and the seed-0 differences it quotes from the lesson's own run
+  are that section's seed 0 (the same runs).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import nbformat
 import pytest
 
 from dinolab.book import REFERENCES
+from dinolab.train.course_teacher import course_teacher_record
 
 ROOT = Path(__file__).resolve().parents[2]
 LESSON = ROOT / "course" / "06_distilling_a_frozen_teacher.ipynb"
@@ -176,6 +180,15 @@ def _normalise(text: str) -> str:
     return text.replace("−", "-").replace("±", "+-")
 
 
+# The names section 5's reading gives the losses -> the ablation table's row names.
+LOSS_NAMES = {"DINO": "dino", "iBOT": "ibot", "KoLeo": "koleo", "CLS": "cls", "SPD": "spd"}
+ROW = re.compile(
+    r"^\| without (\w+) \| [^|]+ \| ([+-]?\d+\.\d \+- \d+\.\d) "
+    r"\(([+-]\d+\.\d), ([+-]\d+\.\d), ([+-]\d+\.\d)\) \|$",
+    re.M,
+)
+
+
 def test_quoted_ablation_figures_match_experiments_md() -> None:
     text = EXPERIMENTS_MD.read_text()
     assert ABLATION_SECTION in text, f"benchmarks/EXPERIMENTS.md has no {ABLATION_SECTION!r}"
@@ -191,7 +204,39 @@ def test_quoted_ablation_figures_match_experiments_md() -> None:
     teacher, random_init = found.groups()
     assert f"Frozen teacher: {teacher} +-" in section
     assert f"random initialisation: {random_init} +-" in section
-    per_seed = re.search(r"\((-\d+\.\d), (\+\d+\.\d), (\+\d+\.\d)\)", _normalise(section))
-    assert per_seed, "the without-dino row's per-seed differences"
-    first, second, third = per_seed.groups()
-    assert f"{first} on seed 0" in reading and f"{second} and {third}" in reading
+    rows = {name: (diff, seeds) for name, diff, *seeds in ROW.findall(_normalise(section))}
+    assert sorted(rows) == sorted(LOSS_NAMES.values()), f"ablation rows {sorted(rows)}"
+    # Each loss's mean difference is quoted beside that loss's name.
+    named = re.findall(
+        r"(DINO|iBOT|KoLeo|CLS|SPD)(?: term| loss)?\s+\(([+-]\d+\.\d \+- \d+\.\d)", reading
+    )
+    assert len({n for n, _ in named}) == 5, f"each loss's difference, found {named}"
+    for name, figure in named:
+        assert rows[LOSS_NAMES[name]][0] == figure, (name, figure, rows[LOSS_NAMES[name]][0])
+    # The per-seed differences quoted for one loss are its row's.
+    per_seed = re.findall(
+        r"(DINO|iBOT|KoLeo|CLS|SPD)(?: term| loss)?\s+\([^)]*?([+-]\d+\.\d) on seed 0, this "
+        r"lesson's, then ([+-]\d+\.\d) and ([+-]\d+\.\d) on seeds 1 and 2",
+        reading,
+    )
+    assert per_seed, "the per-seed differences of one loss"
+    for name, *seeds in per_seed:
+        assert rows[LOSS_NAMES[name]][1] == seeds, (name, seeds, rows[LOSS_NAMES[name]][1])
+    # "Its seed 0 is this lesson's seed-0 runs": the differences the reading quotes from the
+    # lesson's own run are the ablation's seed 0.
+    ours = re.findall(
+        r"without (?:the )?(DINO|iBOT|KoLeo|CLS|SPD)(?: term| loss)? "
+        r"\(([+-]\d+\.\d)(?: points)?\)",
+        reading,
+    )
+    assert ours, "the lesson's own run's differences"
+    for name, delta in ours:
+        assert rows[LOSS_NAMES[name]][1][0] == delta, (name, delta, rows[LOSS_NAMES[name]][1])
+
+
+def test_section_1_quotes_the_course_teachers_record() -> None:
+    record = course_teacher_record()
+    (cell,) = [s for s in _markdown() if s.startswith("## 1. The teacher")]
+    cell = " ".join(cell.split())
+    assert f"about {round(record['cpu_minutes_training'])} CPU-minutes of training" in cell
+    assert f"{record['knn_top1']:.1f}% k-NN on its own 1000 held-out images" in cell
