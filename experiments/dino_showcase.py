@@ -208,6 +208,9 @@ def _stat(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+_BUDGET_NAMES = {"full": "default 30 epochs", "10min": "about 10 CPU-minutes"}
+
+
 def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -215,7 +218,9 @@ def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    full = results.get("full", {})
+    # The longest budget that has runs (the default 30 epochs, else about 10 CPU-minutes).
+    budget = next((b for b in ("full", "10min") if results.get(b)), "full")
+    full = results.get(budget, {})
     for seed, r in sorted(full.items()):
         dino = r["dino"]
         mins = [c / 60 for c in dino["cpu_curve_s"]]
@@ -232,7 +237,8 @@ def _plot(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
               label="same backbone, labels, same CPU time")
     left.axhline(100 / 6, color="lightgrey", lw=1, label="chance")
     left.set(xlabel="training CPU time (minutes)", ylabel="k-NN top-1 on held-out images (%)",
-             title="DINO teacher on held-out data seeds", ylim=(0, 100))
+             title=f"DINO teacher on held-out data seeds ({_BUDGET_NAMES[budget]})",
+             ylim=(0, 100))
     left.legend(loc="lower right", fontsize=8)
     if full:
         log_k = next(iter(full.values()))["dino"]["log_out_dim"]
