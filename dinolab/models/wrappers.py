@@ -63,31 +63,74 @@ class MultiCropWrapper(nn.Module):
         self.head = head
 
     def forward(
-        self, x: torch.Tensor | Sequence[torch.Tensor], return_features: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self,
+        x: torch.Tensor | Sequence[torch.Tensor],
+        return_features: bool = False,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
         """Crops -> head logits [V*B, K] (and backbone features [V*B, D] if asked).
 
         Args:
             x: one tensor [B, 3, H, W] (treated as V=1) or a list of V such tensors.
             return_features: also return the backbone features, e.g. for KoLeo or a
                 CLS-token loss that acts before the head.
+            masks: iBOT masking (DINOv2): bool ``[B_0, N]`` for the first run of equal-sized
+                crops (the global crops, ``B_0`` images in all, ``N`` patches each); True
+                patches are replaced by the backbone's ``mask_token`` (the backbone must have
+                ``forward_features(x, masks=...)``, as :class:`~dinolab.models.VisionTransformer`).
+                The head then also runs on the patch tokens at the masked positions, in the
+                same call as the CLS features, and a dict is returned: ``logits`` [V*B, K],
+                ``features`` [V*B, D] and ``patch_logits_masked`` [M, K] (``M = masks.sum()``,
+                rows in the order of ``patch_tokens[masks]``).
         """
         crops = [x] if isinstance(x, torch.Tensor) else list(x)
         if not crops:
             raise ValueError("MultiCropWrapper: got an empty list of crops")
         feats = []
+        masked_patches: torch.Tensor | None = None
         start = 0
         while start < len(crops):
             end = start + 1
             size = tuple(crops[start].shape[-2:])
             while end < len(crops) and tuple(crops[end].shape[-2:]) == size:
                 end += 1
-            out = self.backbone(torch.cat(crops[start:end]))
-            feats.append(out[0] if isinstance(out, tuple) else out)
+            batch = torch.cat(crops[start:end])
+            if start == 0 and masks is not None:
+                masked_patches, cls = self._masked_pass(batch, masks)
+                feats.append(cls)
+            else:
+                out = self.backbone(batch)
+                feats.append(out[0] if isinstance(out, tuple) else out)
             start = end
         features = torch.cat(feats)
-        logits = self.head(features)
-        return (logits, features) if return_features else logits
+        if masked_patches is None:
+            logits = self.head(features)
+            return (logits, features) if return_features else logits
+        # One head call for CLS features and masked patches (DINOv2 fuses them the same way).
+        out = self.head(torch.cat([features, masked_patches]))
+        n = features.shape[0]
+        return {"logits": out[:n], "features": features, "patch_logits_masked": out[n:]}
+
+    def _masked_pass(
+        self, batch: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked backbone pass: ``[B, 3, H, W]``, ``[B, N]`` -> (``[M, D]`` masked patch
+        tokens, ``[B, D]`` CLS tokens)."""
+        if not hasattr(self.backbone, "forward_features") or not hasattr(
+            self.backbone, "mask_token"
+        ):
+            raise ValueError(
+                "MultiCropWrapper: masks need a backbone with forward_features(x, masks=...) "
+                f"and a mask_token (a VisionTransformer), got {type(self.backbone).__name__}"
+            )
+        if masks.dtype != torch.bool or masks.ndim != 2 or masks.shape[0] != batch.shape[0]:
+            raise ValueError(
+                f"MultiCropWrapper: masks must be a bool tensor [B, N] with B={batch.shape[0]} "
+                f"(the first run of equal-sized crops), got {masks.dtype} "
+                f"{tuple(masks.shape)}"
+            )
+        out = self.backbone.forward_features(batch, masks=masks)
+        return out["x_norm_patchtokens"][masks], out["x_norm_clstoken"]
 
 
 def _disable_stochastic_layers(model: nn.Module) -> None:

@@ -312,6 +312,28 @@ class DINOConfig(SSLConfig):
             "teacher."
         ),
     )
+    ibot_loss_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of DINOv2's iBOT masked-patch loss (DINOv2: 1.0; official DINO: none, 0 "
+            "the default): --mask_probability of the student's global crops have blocks of "
+            "patches replaced by the mask token, and at those positions the student's patch "
+            "tokens, through the same head, must predict the teacher's centred, sharpened "
+            "distribution for the unmasked patch. ViT backbones only."
+        ),
+    )
+    mask_ratio: tuple[float, float] = field(
+        default=(0.1, 0.5),
+        metadata=_help(
+            "Range of the fraction of patches masked in a masked crop (DINOv2: 0.1 0.5)."
+        ),
+    )
+    mask_probability: float = field(
+        default=0.5,
+        metadata=_help(
+            "Fraction of global crops that get a mask, with --ibot_loss_weight (DINOv2: 0.5)."
+        ),
+    )
     monitor_every: int = field(
         default=1,
         metadata=_help(
@@ -449,10 +471,25 @@ class DINOTask(Task):
     name = "dino"
 
     def __init__(self, cfg: DINOConfig, student: nn.Module, data: SSLData | None) -> None:
-        from dinolab.losses import DINOLoss, KoLeoLoss
+        from dinolab.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
         from dinolab.models import StudentTeacherWrapper
 
         self.cfg = cfg
+        if cfg.ibot_loss_weight < 0:
+            raise ValueError(f"ibot_loss_weight={cfg.ibot_loss_weight} must be >= 0")
+        self.ibot_loss: iBOTPatchLoss | None = None
+        if cfg.ibot_loss_weight > 0:
+            backbone = getattr(student, "backbone", None)
+            if not hasattr(backbone, "mask_token"):
+                raise ValueError(
+                    f"--ibot_loss_weight {cfg.ibot_loss_weight} masks patches: it needs a ViT "
+                    f"backbone, not --arch {cfg.arch} (or pass --ibot_loss_weight 0)"
+                )
+            backbone.mask_token.requires_grad_(True)
+            self.ibot_loss = iBOTPatchLoss(
+                cfg.out_dim, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum
+            )
+            self.grid = cfg.global_crops_size // cfg.patch_size
         self.pair = StudentTeacherWrapper(student)
         self.student = self.pair.student
         self.teacher = self.pair.teacher
@@ -484,6 +521,8 @@ class DINOTask(Task):
     def modules_to_device(self, device: torch.device) -> None:
         self.pair.to(device)
         self.dino_loss.to(device)
+        if self.ibot_loss is not None:
+            self.ibot_loss.to(device)
 
     def convert_sync_batchnorm(self) -> None:
         # The teacher runs in train mode too (below), so its BatchNorm layers (a ResNet's)
@@ -500,16 +539,27 @@ class DINOTask(Task):
 
         crops, _ = batch
         crops = [c.to(ctx.device, non_blocking=True) for c in crops]
-        teacher_output = self.pair.forward_teacher(crops[:2])  # only the 2 global views
         koleo: torch.Tensor | None = None
         global_features: torch.Tensor | None = None
-        if self.koleo is not None:
-            student_output, features = ctx.student(crops, return_features=True)
-            global_features = features[: 2 * crops[0].shape[0]]
+        masks = student_patches = teacher_patches = None
+        if self.ibot_loss is not None:
+            masks = self._masks(2 * crops[0].shape[0], ctx)
+            teacher_output, teacher_patches = self._teacher_with_patches(crops[:2], masks)
+            out = ctx.student(crops, masks=masks)
+            student_output, student_patches = out["logits"], out["patch_logits_masked"]
+            if self.koleo is not None:
+                global_features = out["features"][: 2 * crops[0].shape[0]]
         else:
-            student_output = ctx.student(crops)
+            teacher_output = self.pair.forward_teacher(crops[:2])  # only the 2 global views
+            if self.koleo is not None:
+                student_output, features = ctx.student(crops, return_features=True)
+                global_features = features[: 2 * crops[0].shape[0]]
+            else:
+                student_output = ctx.student(crops)
         # Decided alike in every process, before the loss's collectives (center all-reduce).
-        if not du.finite_on_every_rank(student_output, teacher_output, global_features):
+        if not du.finite_on_every_rank(
+            student_output, teacher_output, global_features, student_patches, teacher_patches
+        ):
             return nonfinite_loss(student_output), {}
         if global_features is not None:
             # DINOv2: KoLeo on each global crop's batch of backbone features, summed.
@@ -524,11 +574,47 @@ class DINOTask(Task):
             metrics["log_out_dim"] = float(np.log(self.cfg.out_dim))
         loss = self.dino_loss(student_output, teacher_output, ctx.epoch)
         metrics["teacher_temp"] = self.dino_loss.teacher_temp_at(ctx.epoch)
-        if koleo is not None:
+        if koleo is not None or self.ibot_loss is not None:
             metrics["dino_loss"] = float(loss.detach())
+        if koleo is not None:
             metrics["koleo_loss"] = float(koleo.detach())
             loss = loss + self.cfg.koleo_loss_weight * koleo
+        if self.ibot_loss is not None and masks is not None:
+            ibot = self.ibot_loss.forward_masked(
+                student_patches, teacher_patches, masks, metrics["teacher_temp"]
+            )
+            metrics["ibot_loss"] = float(ibot.detach())
+            loss = loss + self.cfg.ibot_loss_weight * ibot
         return loss, metrics
+
+    def _masks(self, n_crops: int, ctx: StepContext) -> torch.Tensor:
+        """iBOT masks ``[2B, N]`` for the global crops: DINOv2's block masks, drawn from a
+        seed per (run, iteration, rank), so a resumed run draws the same ones."""
+        from dinolab.data.masking import sample_ibot_masks
+
+        seed = int(
+            np.random.SeedSequence([self.cfg.seed, ctx.it, du.get_rank()]).generate_state(1)[0]
+        )
+        masks = sample_ibot_masks(
+            n_crops,
+            self.grid,
+            mask_ratio=tuple(self.cfg.mask_ratio),
+            mask_probability=self.cfg.mask_probability,
+            generator=seed,
+        )
+        return masks.to(ctx.device)
+
+    @torch.no_grad()
+    def _teacher_with_patches(
+        self, global_crops: Sequence[torch.Tensor], masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher head outputs of the unmasked global crops: CLS ``[2B, K]`` and the patches
+        the student saw masked ``[M, K]`` (one head call, as DINOv2)."""
+        teacher = self.teacher
+        feats = teacher.backbone.forward_features(torch.cat(list(global_crops)))
+        cls = feats["x_norm_clstoken"]
+        out = teacher.head(torch.cat([cls, feats["x_norm_patchtokens"][masks]]))
+        return out[: cls.shape[0]], out[cls.shape[0] :]
 
     def after_optimizer_step(self, ctx: StepContext) -> dict[str, float]:
         m = float(self.momentum_schedule[ctx.it])
@@ -553,16 +639,26 @@ class DINOTask(Task):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "dino_loss": self.dino_loss.state_dict(),
         }
+        if self.ibot_loss is not None:
+            state["ibot_loss"] = self.ibot_loss.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.dino_loss.load_state_dict(state["dino_loss"])
+        if self.ibot_loss is not None:
+            if "ibot_loss" not in state:
+                raise ValueError(
+                    "the checkpoint has no iBOT center (it was trained with "
+                    "--ibot_loss_weight 0); resume it with --ibot_loss_weight 0"
+                )
+            self.ibot_loss.load_state_dict(state["ibot_loss"])
 
 
 def train_dino(
