@@ -61,6 +61,7 @@ __all__ = [
     "DINOTask",
     "build_backbone_from",
     "build_student",
+    "draw_ibot_masks",
     "train_dino",
 ]
 
@@ -446,6 +447,28 @@ def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) ->
     return backbone
 
 
+def draw_ibot_masks(
+    cfg: DINOConfig, n_crops: int, grid: int | tuple[int, int], ctx: StepContext
+) -> torch.Tensor:
+    """iBOT masks ``[n_crops, N]`` for one step's global crops (DINOv2's block masks, with
+    ``cfg.mask_ratio`` and ``cfg.mask_probability``), on ``ctx.device``.
+
+    Drawn from a seed per (run, iteration, rank): repeatable, and the same after ``--resume``.
+    The ``dino`` and ``distill`` recipes both draw their masks here.
+    """
+    from dinolab.data.masking import sample_ibot_masks
+
+    seed = int(np.random.SeedSequence([cfg.seed, ctx.it, du.get_rank()]).generate_state(1)[0])
+    masks = sample_ibot_masks(
+        n_crops,
+        grid,
+        mask_ratio=tuple(cfg.mask_ratio),
+        mask_probability=cfg.mask_probability,
+        generator=seed,
+    )
+    return masks.to(ctx.device)
+
+
 def build_student(cfg: DINOConfig) -> nn.Module:
     """Backbone + DINO head in a :class:`~dinolab.models.MultiCropWrapper`."""
     from dinolab.models import DINOHead, MultiCropWrapper
@@ -546,7 +569,7 @@ class DINOTask(Task):
         global_features: torch.Tensor | None = None
         masks = student_patches = teacher_patches = None
         if self.ibot_loss is not None:
-            masks = self._masks(2 * crops[0].shape[0], ctx)
+            masks = draw_ibot_masks(self.cfg, 2 * crops[0].shape[0], self.grid, ctx)
             teacher_output, teacher_patches = self._teacher_with_patches(crops[:2], masks)
             out = ctx.student(crops, masks=masks)
             student_output, student_patches = out["logits"], out["patch_logits_masked"]
@@ -589,23 +612,6 @@ class DINOTask(Task):
             metrics["ibot_loss"] = float(ibot.detach())
             loss = loss + self.cfg.ibot_loss_weight * ibot
         return loss, metrics
-
-    def _masks(self, n_crops: int, ctx: StepContext) -> torch.Tensor:
-        """iBOT masks ``[2B, N]`` for the global crops: DINOv2's block masks, drawn from a
-        seed per (run, iteration, rank), so a resumed run draws the same ones."""
-        from dinolab.data.masking import sample_ibot_masks
-
-        seed = int(
-            np.random.SeedSequence([self.cfg.seed, ctx.it, du.get_rank()]).generate_state(1)[0]
-        )
-        masks = sample_ibot_masks(
-            n_crops,
-            self.grid,
-            mask_ratio=tuple(self.cfg.mask_ratio),
-            mask_probability=self.cfg.mask_probability,
-            generator=seed,
-        )
-        return masks.to(ctx.device)
 
     @torch.no_grad()
     def _teacher_with_patches(

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from dinolab.train import distributed as du
 from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds, nonfinite_loss
 from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_due, knn_evaluate
-from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
+from dinolab.train.recipes.dino import DINOConfig, build_backbone_from, draw_ibot_masks
 
 __all__ = [
     "DistillConfig",
@@ -171,15 +171,7 @@ class DistillConfig(DINOConfig):
             "gram_loss when on)."
         ),
     )
-    mask_ratio: tuple[float, float] = field(
-        default=(0.1, 0.5),
-        metadata=_help(
-            "Range of the fraction of patches masked in a masked crop (DINOv2: 0.1 0.5)."
-        ),
-    )
-    mask_probability: float = field(
-        default=0.5, metadata=_help("Fraction of global crops that get a mask (DINOv2: 0.5).")
-    )
+    # mask_ratio and mask_probability: inherited from DINOConfig (same defaults, DINOv2's).
     linear_probe_epochs: int = field(
         default=50,
         metadata=_help(
@@ -467,22 +459,9 @@ class DistillTask(Task):
         self.teacher_head.eval()
 
     def _masks(self, n_crops: int, ctx: StepContext) -> torch.Tensor | None:
-        from dinolab.data.masking import sample_ibot_masks
-
         if self.cfg.ibot_loss_weight <= 0:
             return None
-        # A seed per (run, iteration, rank): repeatable, and the same after --resume.
-        seed = int(
-            np.random.SeedSequence([self.cfg.seed, ctx.it, du.get_rank()]).generate_state(1)[0]
-        )
-        masks = sample_ibot_masks(
-            n_crops,
-            self.grid,
-            mask_ratio=tuple(self.cfg.mask_ratio),
-            mask_probability=self.cfg.mask_probability,
-            generator=seed,
-        )
-        return masks.to(ctx.device)
+        return draw_ibot_masks(self.cfg, n_crops, self.grid, ctx)
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
