@@ -53,6 +53,30 @@ def _default_style() -> str:
     return DINOConfig().shapes_style
 
 
+# Settings that differ between the runs of one report by design; every other setting of
+# ``dinolab train dino`` must equal today's default for a finished run to be reused.
+_PER_RUN = ("output_dir", "seed", "data_seed", "epochs", "progress", "num_images",
+            "num_eval_images")
+
+
+def _default_recipe() -> dict[str, Any]:
+    """Today's ``dinolab train dino`` defaults, as JSON would store them, minus :data:`_PER_RUN`."""
+    from dataclasses import asdict
+
+    from dinolab.train.recipes.dino import DINOConfig
+
+    saved = json.loads(json.dumps(asdict(DINOConfig())))
+    return {k: v for k, v in saved.items() if k not in _PER_RUN}
+
+
+def _run_recipe(out_dir: Path) -> dict[str, Any] | None:
+    """The settings of the run in ``out_dir`` minus :data:`_PER_RUN` (None: no config)."""
+    config = out_dir / "config.json"
+    if not config.is_file():
+        return None
+    return {k: v for k, v in json.loads(config.read_text()).items() if k not in _PER_RUN}
+
+
 def _run_style(out_dir: Path) -> str | None:
     """The ``--shapes_style`` a run in ``out_dir`` trained on (None: no finished config)."""
     config = out_dir / "config.json"
@@ -75,7 +99,7 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
     expected = epochs or (2 if quick else 30)
     log = out_dir / "log_epochs.jsonl"
     done = (log.is_file() and len(log.read_text().splitlines()) == expected
-            and _run_style(out_dir) == _default_style())
+            and _run_recipe(out_dir) == _default_recipe())
     cpu: float | None = None
     if done and (out_dir / "checkpoint.pth").is_file():
         print(f"measuring the finished run of: {command}", flush=True)
@@ -98,6 +122,7 @@ def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[
         "command": command,
         "epochs": epochs,
         "shapes_style": _run_style(out_dir),
+        "recipe": _run_recipe(out_dir),
         "train_cpu_s": total,
         "total_cpu_s": cpu,
         "cpu_curve_s": curve_cpu,
@@ -257,7 +282,8 @@ def experiment_dino_showcase(
 ) -> str:
     """Run what is missing (or, with ``report_only``, nothing) and report every finished run.
 
-    Only runs on today's default data (``--shapes_style``) are reused or reported; ``budgets``
+    Only runs with today's default settings (:func:`_default_recipe`) are reused or reported;
+    ``budgets``
     picks among :data:`BUDGET_EPOCHS` (all by default).
     """
     unknown = sorted(set(budgets) - set(BUDGET_EPOCHS))
@@ -271,7 +297,7 @@ def experiment_dino_showcase(
             continue
         for seed in seeds:
             out_dir = root / f"dino_{budget}_seed{seed}"
-            key = {"epochs": epochs, "shapes_style": style}
+            key = {"epochs": epochs, "shapes_style": style, "recipe": _default_recipe()}
             if report_only and (_saved(out_dir / "figures.json", key) is None
                                 or not (out_dir / "supervised.json").is_file()):
                 continue

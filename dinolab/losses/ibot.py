@@ -40,6 +40,9 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
         patch_out_dim: ``K``, prototypes of the patch head.
         student_temp: student temperature (0.1).
         center_momentum: momentum of the patch center update (0.9).
+        teacher_centering: ``"centering"`` (DINOv2's softmax-center mode, the default) or
+            ``"none"``: no center is subtracted or updated (the collapse study's "no centering"
+            variants remove it from both losses).
 
     Attributes:
         center: buffer ``[1, 1, K]``, the EMA of the teacher's masked-patch logits.
@@ -54,10 +57,20 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
     center: torch.Tensor
 
     def __init__(
-        self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9
+        self,
+        patch_out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        teacher_centering: str = "centering",
     ) -> None:
         super().__init__()
         owner = "iBOTPatchLoss"
+        if teacher_centering not in ("centering", "none"):
+            raise ValueError(
+                f"{owner}: teacher_centering must be 'centering' or 'none', "
+                f"got {teacher_centering!r}"
+            )
+        self.teacher_centering = teacher_centering
         self.patch_out_dim = require_int(owner, "patch_out_dim", patch_out_dim)
         self.student_temp = require_positive(owner, "student_temp", student_temp)
         self.center_momentum = require_unit_interval(owner, "center_momentum", center_momentum)
@@ -67,6 +80,8 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """``softmax((t - c_p) / teacher_temp)`` over the last axis; ``[..., K] -> [..., K]``."""
         temp = require_positive("iBOTPatchLoss", "teacher_temp", teacher_temp)
+        if self.teacher_centering == "none":
+            return F.softmax(teacher_logits / temp, dim=-1)
         return F.softmax((teacher_logits - self.center.reshape(-1)) / temp, dim=-1)
 
     @torch.no_grad()
@@ -170,7 +185,8 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801  (DINOv2's name)
         per_image_count = masks.sum(dim=1).clamp(min=1)
         weights = (1.0 / per_image_count.to(per_patch.dtype)).unsqueeze(1).expand_as(masks)[masks]
         loss = (per_patch * weights).sum() / masks.shape[0]
-        self.update_center(teacher_masked)
+        if self.teacher_centering == "centering":
+            self.update_center(teacher_masked)
         return loss
 
     @staticmethod

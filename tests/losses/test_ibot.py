@@ -147,3 +147,20 @@ def test_bad_masks_and_values() -> None:
         iBOTPatchLoss(0)
     with pytest.raises(ValueError, match=r"center_momentum must be in \[0, 1\]"):
         iBOTPatchLoss(K, center_momentum=-0.1)
+
+
+def test_without_centering_the_teacher_is_a_plain_sharpened_softmax_and_no_center_moves():
+    # The collapse study's "no centering" variants: softmax(t / tau), center left at zero.
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 5, 8), torch.randn(3, 5, 8) + 2.0
+    masks = torch.rand(3, 5) < 0.5
+    masks[0, 0] = True
+    plain = iBOTPatchLoss(8, teacher_centering="none")
+    loss = plain(s, t, masks, teacher_temp=0.07)
+    q = torch.softmax(t[masks] / 0.07, dim=-1)
+    per_patch = -(q * torch.log_softmax(s[masks] / 0.1, dim=-1)).sum(-1)
+    weights = (1.0 / masks.sum(1).clamp(min=1)).unsqueeze(1).expand_as(masks)[masks]
+    assert torch.allclose(loss, (per_patch * weights).sum() / 3, rtol=1e-5)  # float32 rounding
+    assert torch.count_nonzero(plain.center) == 0
+    with pytest.raises(ValueError, match="teacher_centering"):
+        iBOTPatchLoss(8, teacher_centering="sinkhorn")

@@ -97,8 +97,10 @@ FLAGS = [
     # stays at rounding size (Adam divides by sqrt(v) and can amplify it for tiny gradients).
     # No drop-path: each rank draws its own masks, which one process cannot reproduce. No
     # KoLeo: each rank finds nearest neighbours within its own batch (as DINOv2), so its value
-    # depends on how the batch is split.
+    # depends on how the batch is split. No iBOT: each rank draws its own patch masks.
     "--koleo_loss_weight",
+    "0",
+    "--ibot_loss_weight",
     "0",
     "--optimizer",
     "sgd",

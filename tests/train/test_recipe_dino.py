@@ -63,14 +63,14 @@ def test_a_short_dino_run_logs_monitors_knn_and_writes_everything(tmp_path):
     for s in steps:
         assert math.isfinite(s["loss"])
         # The monitors see exactly the loss's targets: h(P_t) + KL(P_t || P_s) = the DINO loss,
-        # and the total adds the KoLeo term (weight 0.1 by default).
+        # and the total adds the KoLeo term (weight 0.1 by default) and the iBOT term (1.0).
         assert s["cross_entropy"] == pytest.approx(s["dino_loss"], rel=1e-5)
         assert s["teacher_entropy"] + s["kl_teacher_student"] == pytest.approx(
             s["dino_loss"], rel=1e-5
         )
-        assert s["dino_loss"] + cfg.koleo_loss_weight * s["koleo_loss"] == pytest.approx(
-            s["loss"], rel=1e-5
-        )
+        total = (s["dino_loss"] + cfg.koleo_loss_weight * s["koleo_loss"]
+                 + cfg.ibot_loss_weight * s["ibot_loss"])
+        assert total == pytest.approx(s["loss"], rel=1e-5)
         assert 0.0 <= s["teacher_entropy"] <= math.log(64) + 1e-6
         assert s["momentum"] == pytest.approx(momentum[s["it"]])
     assert 0.0 <= record["knn_top1"] <= 100.0
@@ -211,7 +211,7 @@ def test_dino_trains_on_an_image_folder(tmp_path):
 
 
 def test_koleo_term_is_added_to_the_dino_loss_with_its_weight(tmp_path):
-    cfg = tiny(tmp_path, epochs=1, koleo_loss_weight=0.5)
+    cfg = tiny(tmp_path, epochs=1, koleo_loss_weight=0.5, ibot_loss_weight=0.0)
     train_dino(cfg)
     steps = _steps(tmp_path)
     assert len(steps) == 4
@@ -337,3 +337,29 @@ def test_settings_saved_before_the_new_defaults_load_as_they_ran():
     classic = DistillConfig.classic()
     assert (classic.freeze_last_layer, classic.koleo_loss_weight) == (0, 0.1)
     assert (classic.arch, classic.patch_size, classic.shapes_style) == ("vit_course", 8, "grey")
+
+
+def test_ibot_and_registers_are_on_for_vits_and_off_for_resnets_unless_set():
+    # Unset, they follow the backbone: DINOv2's iBOT loss and 4 registers for a ViT (the
+    # course teacher's recipe since session 12), neither for a ResNet (no patches to mask).
+    vit, resnet = DINOConfig(), DINOConfig(arch="resnet18")
+    assert (vit.ibot_loss_weight, vit.num_register_tokens) == (1.0, 4)
+    assert (resnet.ibot_loss_weight, resnet.num_register_tokens) == (0.0, 0)
+    # Given explicitly, they are kept (official DINO is one flag away).
+    plain = DINOConfig(ibot_loss_weight=0.0, num_register_tokens=0)
+    assert (plain.ibot_loss_weight, plain.num_register_tokens) == (0.0, 0)
+    assert DINOConfig(arch="resnet18", num_register_tokens=2).num_register_tokens == 2
+    # A run saved before iBOT existed (no ibot_loss_weight key) reloads without it.
+    before = {k: v for k, v in vars(DINOConfig(num_register_tokens=0)).items()
+              if k != "ibot_loss_weight"}
+    loaded = DINOConfig.from_args(before)
+    assert (loaded.ibot_loss_weight, loaded.num_register_tokens) == (0.0, 0)
+    # The distill recipe's student keeps no registers by default, whatever its teacher has.
+    from dinolab.train.recipes.distill import DistillConfig
+
+    assert DistillConfig().num_register_tokens == 0
+    # --teacher_centering none removes the center from the iBOT loss too (the collapse study).
+    from dinolab.train.recipes.dino import ibot_centering
+
+    assert ibot_centering("none") == "none"
+    assert ibot_centering("centering") == ibot_centering("sinkhorn_knopp") == "centering"

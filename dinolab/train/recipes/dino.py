@@ -62,6 +62,7 @@ __all__ = [
     "build_backbone_from",
     "build_student",
     "draw_ibot_masks",
+    "ibot_centering",
     "train_dino",
 ]
 
@@ -71,9 +72,10 @@ class DINOConfig(SSLConfig):
     """Settings of the ``dino`` recipe (official DINO's flags, course-sized defaults).
 
     The defaults are the course teacher's recipe: ``vit_micro`` (4-px patches: an 8x8 grid on
-    32-px images) on 5000 dark shapes (``dark_fixed``: one background level) for 30 epochs,
-    the settings under which DINO's teacher
-    leaves uniform targets and learns shape on a CPU (``experiments/dino_research.md``).
+    32-px images, with 4 register tokens and DINOv2's iBOT masked-patch loss beside the DINO
+    loss) on 5000 dark shapes (``dark_fixed``: one background level) for 30 epochs, the
+    settings under which DINO's teacher leaves uniform targets, learns shape and attends to
+    the object on a CPU (``experiments/dino_research.md``).
     :meth:`classic` gives the earlier defaults: official DINO's augmentation and temperatures
     with the 16-token ``vit_course`` on the grey shapes, what the short collapse studies of
     lessons 3.3-4.2 run.
@@ -226,12 +228,14 @@ class DINOConfig(SSLConfig):
             "Override the ViT's attention heads; must divide the width (default: the --arch's)."
         ),
     )
-    num_register_tokens: int = field(
-        default=0,
+    num_register_tokens: int | None = field(
+        default=None,
         metadata=_help(
             "Register tokens of the ViT (DINOv2 with registers, Darcet et al. 2024: 4): extra "
-            "learned tokens beside the CLS token that attention can use as scratch space instead "
-            "of background patches. 0: none (official DINO)."
+            "learned tokens beside the CLS token that attention can use as scratch space "
+            "instead of background patches. 0: none (official DINO). Unset: 4 for a ViT, 0 for "
+            "a ResNet. With --ibot_loss_weight 1 they raised the CLS attention's Jaccard with "
+            "the object on held-out dark shapes (experiments/dino_research.md, session 11)."
         ),
     )
     out_dim: int = field(
@@ -313,17 +317,18 @@ class DINOConfig(SSLConfig):
             "teacher."
         ),
     )
-    ibot_loss_weight: float = field(
-        default=0.0,
+    ibot_loss_weight: float | None = field(
+        default=None,
         metadata=_help(
-            "Weight of DINOv2's iBOT masked-patch loss (DINOv2: 1.0; official DINO: none, 0 "
-            "the default): --mask_probability of the student's global crops have blocks of "
-            "patches replaced by the mask token, and at those positions the student's patch "
-            "tokens, through the same head, must predict the teacher's centred, sharpened "
-            "distribution for the unmasked patch. ViT backbones only. On the dark shapes, "
-            "with --num_register_tokens 4, it raised the attention Jaccard on held-out data "
-            "seeds from 0.32 to 0.43 at the 10-minute budget, and alone it did not "
-            "(experiments/dino_research.md, session 11)."
+            "Weight of DINOv2's iBOT masked-patch loss (DINOv2: 1.0; official DINO: none, 0). "
+            "Unset: 1.0 for a ViT, 0 for a ResNet. --mask_probability of the student's global "
+            "crops have blocks of patches replaced by the mask token, and at those positions "
+            "the student's patch tokens, through the same head, must predict the teacher's "
+            "centred (unless --teacher_centering none), sharpened distribution for the "
+            "unmasked patch. ViT backbones only. On the dark shapes, with "
+            "--num_register_tokens 4, it raised the attention Jaccard on held-out data seeds "
+            "from 0.32 to 0.43 at the 10-minute budget, and alone it did not "
+            "(experiments/dino_research.md, session 11). Costs about 4% more time per step."
         ),
     )
     mask_ratio: tuple[float, float] = field(
@@ -345,6 +350,15 @@ class DINOConfig(SSLConfig):
             "course's plots need; 0: never, for timing the bare step)."
         ),
     )
+
+    def __post_init__(self) -> None:
+        # Unset ViT-only settings: DINOv2's iBOT loss and 4 registers for a ViT (what moved
+        # the attention onto the object in session 11), nothing for a ResNet.
+        vit = self.arch in VIT_SIZES
+        if self.num_register_tokens is None:
+            self.num_register_tokens = 4 if vit else 0
+        if self.ibot_loss_weight is None:
+            self.ibot_loss_weight = 1.0 if vit else 0.0
 
     @classmethod
     def classic_settings(cls) -> dict[str, Any]:
@@ -369,6 +383,8 @@ class DINOConfig(SSLConfig):
             saved = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()
                      if k in names}
             return cls(**{**cls.classic_settings(), **saved})
+        if args:
+            args = {**{k: v for k, v in _ADDED_LATER.items() if k not in args}, **args}
         return super().from_args(args)
 
 
@@ -399,7 +415,14 @@ CLASSIC_SETTINGS: dict[str, Any] = {
     "blur_prob": (1.0, 0.1, 0.5),
     "solarization_prob": 0.2,
     "rotation_degrees": 0.0,
+    "num_register_tokens": 0,
+    "ibot_loss_weight": 0.0,
 }
+
+#: Settings whose default changed after they were saved in checkpoints: a saved run that
+#: lacks the key ran with this value (session 11 added ``ibot_loss_weight`` with default 0;
+#: session 12 made iBOT and 4 registers the default).
+_ADDED_LATER: dict[str, Any] = {"ibot_loss_weight": 0.0}
 
 
 # (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads:
@@ -445,6 +468,13 @@ def build_backbone_from(cfg: DINOConfig, drop_path_rate: float | None = None) ->
             )
         backbone = build_backbone(cfg.arch, small_input=cfg.global_crops_size <= 64)
     return backbone
+
+
+def ibot_centering(teacher_centering: str) -> str:
+    """The iBOT loss's centering for ``--teacher_centering``: ``none`` removes the center from
+    both losses (the collapse study); ``centering`` and ``sinkhorn_knopp`` keep iBOT's own EMA
+    center (DINOv2 would run Sinkhorn-Knopp over the masked patches too; not implemented)."""
+    return "none" if teacher_centering == "none" else "centering"
 
 
 def draw_ibot_masks(
@@ -513,7 +543,10 @@ class DINOTask(Task):
                 )
             backbone.mask_token.requires_grad_(True)
             self.ibot_loss = iBOTPatchLoss(
-                cfg.out_dim, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum
+                cfg.out_dim,
+                student_temp=cfg.student_temp,
+                center_momentum=cfg.center_momentum,
+                teacher_centering=ibot_centering(cfg.teacher_centering),
             )
             self.grid = cfg.global_crops_size // cfg.patch_size
         self.pair = StudentTeacherWrapper(student)

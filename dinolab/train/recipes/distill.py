@@ -51,7 +51,12 @@ import torch.nn.functional as F
 from dinolab.train import distributed as du
 from dinolab.train.engine import Engine, StepContext, Task, fix_random_seeds, nonfinite_loss
 from dinolab.train.recipes.common import SSLData, _help, build_ssl_data, knn_due, knn_evaluate
-from dinolab.train.recipes.dino import DINOConfig, build_backbone_from, draw_ibot_masks
+from dinolab.train.recipes.dino import (
+    DINOConfig,
+    build_backbone_from,
+    draw_ibot_masks,
+    ibot_centering,
+)
 
 __all__ = [
     "DistillConfig",
@@ -81,6 +86,13 @@ class DistillConfig(DINOConfig):
     )
     num_heads: int | None = field(
         default=4, metadata=_help("Student attention heads (must divide --embed_dim).")
+    )
+    num_register_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "Register tokens of the student ViT (DINOv2 with registers: 4). Default 0: none, "
+            "whatever the teacher has (the teacher's own registers are read from its file)."
+        ),
     )
     freeze_last_layer: int = field(
         default=0,
@@ -432,7 +444,10 @@ class DistillTask(Task):
             check_finite=False,
         )
         self.ibot_loss = iBOTPatchLoss(
-            out_dim, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum
+            out_dim,
+            student_temp=cfg.student_temp,
+            center_momentum=cfg.center_momentum,
+            teacher_centering=ibot_centering(cfg.teacher_centering),
         )
         self.koleo_loss = KoLeoLoss()
         self.cls_loss = CLSTokenLoss("cosine")
