@@ -169,7 +169,7 @@ _DESCRIPTIONS = {
     "dino": "Self-distillation with no labels (official DINO): a student learns to match an "
     "EMA teacher across multi-crop views. Writes checkpoint.pth, JSON-lines logs and "
     "plots to --output_dir; the defaults train the course teacher (vit_micro on the "
-    "bundled dark shapes, about 25 CPU-minutes).",
+    "bundled dark shapes, about 26 CPU-minutes).",
     "kd": "Knowledge distillation (seed 004, done soundly): train TeacherNet on labels, a "
     "label-only StudentNet baseline, and StudentNets distilled with and without a "
     "hard-label term, each with an EMA of its weights; writes results.md.",

@@ -89,10 +89,10 @@ class DINOConfig(SSLConfig):
         default=30,
         metadata=_help(
             "Training epochs (official: 100-800 on ImageNet). The default, 30 epochs of 5000 "
-            "dark shapes (2340 steps), is the course teacher's run: about 23 CPU-minutes on a "
-            "2-core x86 laptop CPU (measured: benchmarks/EXPERIMENTS.md); its teacher passes "
-            "raw pixels' k-NN in the second epoch and is near its best after about 15 (14 "
-            "epochs: about 10 CPU-minutes)."
+            "dark shapes (2340 steps), is the course teacher's run: about 24 CPU-minutes of "
+            "training (26 in all) on a 2-core x86 laptop CPU (measured: "
+            "benchmarks/EXPERIMENTS.md); its teacher passes raw pixels' k-NN in the second "
+            "epoch and is within about a point of its best after 14 (about 11 CPU-minutes)."
         ),
     )
     lr: float = field(
