@@ -30,8 +30,10 @@ dependencies = ["torch"]
 
 def _build(arch: str, weights: str | None, checkpoint_key: str, **kwargs: Any) -> Any:
     from dinolab.models import build_backbone
-    from dinolab.tools.export import load_weights_into
+    from dinolab.tools.export import load_weights_into, registers_in_file
 
+    if weights is not None and kwargs.get("num_register_tokens") is None and arch.startswith("vit"):
+        kwargs["num_register_tokens"] = registers_in_file(weights, checkpoint_key)
     model = build_backbone(arch, **kwargs)
     if weights is None:
         return model.eval()
@@ -44,10 +46,12 @@ def course_teacher(pretrained: bool = True) -> Any:
     ``pretrained=False`` gives the same architecture at its random initialisation (the
     baseline the course compares the teacher with).
     """
-    if not pretrained:
-        return _build("vit_micro", None, "teacher")
-    from dinolab.train.course_teacher import load_course_teacher
+    from dinolab.tools.export import registers_in_file
+    from dinolab.train.course_teacher import COURSE_TEACHER_PATH, load_course_teacher
 
+    if not pretrained:
+        registers = registers_in_file(COURSE_TEACHER_PATH)
+        return _build("vit_micro", None, "teacher", num_register_tokens=registers)
     return load_course_teacher()
 
 

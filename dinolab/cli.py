@@ -345,6 +345,11 @@ def _config_defaults(
                 defaults[key] = tuple(value) if isinstance(value, list) else value
     except ValueError as err:
         raise ValueError(f"--config {str(path)!r}: {err}") from None
+    # A run's own config.json (it names most settings) written before a setting existed: that
+    # run had the setting's first default, not today's. A short hand-written file gets today's.
+    if len(values) >= len(dataclasses.fields(cls)) // 2:
+        added_later = getattr(cls, "settings_added_later", dict)()
+        defaults.update({k: v for k, v in added_later.items() if k not in values})
     return defaults
 
 

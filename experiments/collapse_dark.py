@@ -86,11 +86,12 @@ def experiment_collapse_dark(quick: bool) -> str:
     return "\n".join([
         "## Collapse study with the course teacher's recipe (dark shapes)",
         "",
-        f"`dinolab train dino`'s defaults for {epochs} epochs of {images} dark shapes "
-        f"(K = {DINOConfig().out_dim}, ln K = {log_k:.2f} nats); 'no sharpening' sets the "
-        "teacher temperature to the student's 0.1, 'no centering' drops the centre. Entropies "
-        "and KL: mean over the last tenth of the steps; k-NN after the last epoch (500 "
-        "held-out images).",
+        f"`dinolab train dino`'s defaults (iBOT and 4 registers included) for {epochs} epochs "
+        f"of {images} dark shapes (K = {DINOConfig().out_dim}, ln K = {log_k:.2f} nats); 'no "
+        "sharpening' sets the teacher temperature to the student's 0.1 (for the DINO and the "
+        "iBOT term), 'no centering' drops the centre of both terms. Entropies and KL: the DINO "
+        "term's (CLS token), mean over the last tenth of the steps; k-NN after the last epoch "
+        "(500 held-out images).",
         "",
         "| variant | entropy per image (nats) | entropy of the batch mean (nats) | "
         "KL(P_t ‖ P_s) (nats) | k-NN (%) |",

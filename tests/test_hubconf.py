@@ -44,6 +44,8 @@ def test_course_teacher_entry_is_the_bundled_teacher():
         assert torch.equal(_hub("course_teacher")(x), want)
         random = _hub("course_teacher", pretrained=False)
         assert random(x).shape == want.shape and not torch.allclose(random(x), want)
+        # The same architecture: its register tokens included (4 since session 12).
+        assert random.num_register_tokens == load_course_teacher().num_register_tokens
 
 
 def test_architecture_entries_load_local_pth_and_safetensors(tmp_path):

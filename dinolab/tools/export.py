@@ -13,7 +13,9 @@ the optimiser, the generator states). Outside code wants the backbone alone:
 ``--layout timm`` writes the keys timm's ``VisionTransformer`` expects (``_timm`` in the file
 names): dinolab's ViT already uses official DINO's names, which timm shares, so this only
 leaves out the iBOT ``mask_token`` that timm has no place for. A ViT with DINOv2 register tokens
-is refused there: timm gives registers position embeddings, dinolab (as DINOv2) does not.
+is written as timm converts DINOv2's ``_reg`` models (``no_embed_class=True``): ``reg_token``,
+the CLS position embedding folded into ``cls_token``, ``pos_embed`` for the patches only; the
+same outputs, and :func:`load_exported` turns it back.
 
 The training checkpoint is read with ``weights_only=True``; nothing is downloaded.
 
@@ -45,6 +47,8 @@ __all__ = [
     "load_exported",
     "load_weights_into",
     "backbone_spec",
+    "from_timm_layout",
+    "registers_in_file",
     "to_layout",
 ]
 
@@ -174,7 +178,7 @@ def to_layout(state: dict[str, torch.Tensor], spec: dict[str, Any], layout: str)
         layout: ``"dinolab"`` (unchanged) or ``"timm"`` (no ``mask_token``).
 
     Raises:
-        ValueError: an unknown layout, ``timm`` for a ResNet or a ViT with register tokens.
+        ValueError: an unknown layout, or ``timm`` for a ResNet.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"--layout {layout!r}; expected one of {list(LAYOUTS)}")
@@ -185,17 +189,59 @@ def to_layout(state: dict[str, torch.Tensor], spec: dict[str, Any], layout: str)
             f"--layout timm: the backbone is a {spec.get('arch', spec['type'])}; the timm layout "
             "is written for ViTs only (export it with --layout dinolab)"
         )
+    out = {k: v for k, v in state.items() if k != "mask_token"}
     if spec["num_register_tokens"]:
-        raise ValueError(
-            f"--layout timm: the backbone has {spec['num_register_tokens']} register tokens, "
-            "which timm's VisionTransformer gives position embeddings and DINOv2 (dinolab) does "
-            "not; export it with --layout dinolab"
-        )
-    return {k: v for k, v in state.items() if k != "mask_token"}
+        # timm's DINOv2-with-registers layout (its _convert_dinov2): no position embedding
+        # for CLS or registers, so the CLS token's constant one is folded into the token.
+        out["reg_token"] = out.pop("register_tokens")
+        pos = out.pop("pos_embed")
+        out["cls_token"] = (out["cls_token"] + pos[:, :1]).contiguous()
+        out["pos_embed"] = pos[:, 1:].contiguous()
+    return out
+
+
+def from_timm_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_layout`'s ``timm`` conversion of register tokens: a state dict
+    with ``reg_token`` ``[1, R, D]`` and patch-only ``pos_embed`` ``[1, N, D]`` becomes
+    dinolab's ``register_tokens`` and ``pos_embed`` ``[1, 1 + N, D]`` (a zero CLS entry: the
+    CLS token already holds it). Other state dicts are returned unchanged."""
+    if "reg_token" not in state:
+        return dict(state)
+    out = dict(state)
+    out["register_tokens"] = out.pop("reg_token")
+    pos = out.pop("pos_embed")
+    out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    return out
+
+
+def registers_in_file(path: str | os.PathLike[str], checkpoint_key: str = "teacher") -> int:
+    """``R``, the register tokens of the ViT in a local weights file (0 when it has none).
+
+    Reads ``register_tokens`` (dinolab, DINOv2) or ``reg_token`` (timm) in a ``.safetensors``
+    file, or in a ``.pth`` file's ``checkpoint_key`` entry (or the file itself), without
+    building a model.
+    """
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get(checkpoint_key), dict):
+            state = state[checkpoint_key]
+        shapes = {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for key, shape in shapes.items():
+        if key.rsplit(".", 1)[-1] in ("register_tokens", "reg_token") and len(shape) == 3:
+            return int(shape[1])
+    return 0
 
 
 def _timm_constructor(spec: dict[str, Any]) -> str:
     extra = f", init_values={spec['init_values']}" if spec["init_values"] is not None else ""
+    if spec["num_register_tokens"]:
+        extra += f", reg_tokens={spec['num_register_tokens']}, no_embed_class=True"
     return (
         "timm.models.vision_transformer.VisionTransformer("
         f"img_size={spec['img_size']}, patch_size={spec['patch_size']}, "
@@ -312,6 +358,8 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
         )
     backbone = _build(json.loads(metadata[_META_SPEC]))
     allowed = {"mask_token"} if metadata.get(_META_LAYOUT) == "timm" else set()
+    if metadata.get(_META_LAYOUT) == "timm":
+        state = from_timm_layout(state)
     try:
         result = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of another shape
@@ -361,6 +409,7 @@ def load_weights_into(
         state = load_file(str(p))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"weights={str(p)!r} is not a safetensors file ({err})") from None
+    state = from_timm_layout(state)  # a timm-layout export with registers: dinolab's keys
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:

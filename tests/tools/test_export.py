@@ -121,3 +121,37 @@ def test_load_exported_refuses_files_it_did_not_write(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no 'dinolab_backbone' metadata"):
         load_exported(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_timm_layout_of_a_vit_with_or_without_registers_gives_the_same_outputs(registers):
+    # timm's layout for DINOv2 models with registers (no_embed_class=True): reg_token, the CLS
+    # position embedding folded into cls_token, pos_embed of the patches only.
+    timm = pytest.importorskip("timm")
+    from dinolab.models.vit import VisionTransformer
+    from dinolab.tools.export import backbone_spec, from_timm_layout, to_layout
+
+    torch.manual_seed(0)
+    ours = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                             num_register_tokens=registers).eval()
+    with torch.no_grad():  # random, non-zero tokens so that a lost one would show
+        for p in (ours.cls_token, ours.pos_embed, getattr(ours, "register_tokens", None)):
+            if p is not None:
+                p.normal_()
+    spec = backbone_spec(ours)
+    state = to_layout(ours.state_dict(), spec, "timm")
+    assert ("reg_token" in state) == bool(registers) and "mask_token" not in state
+    theirs = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0,
+        **({"reg_tokens": registers, "no_embed_class": True} if registers else {}),
+    ).eval()
+    theirs.load_state_dict(state)  # strict: every key in place
+    x = _images()
+    with torch.no_grad():
+        # Same arithmetic in another order of additions: float32 rounding, atol 1e-5.
+        torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=1e-5)
+        back = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                 num_register_tokens=registers).eval()
+        missing = back.load_state_dict(from_timm_layout(state), strict=False).missing_keys
+        assert missing == ["mask_token"]
+        torch.testing.assert_close(back(x), ours(x), rtol=0, atol=1e-6)

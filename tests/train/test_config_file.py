@@ -99,6 +99,24 @@ def test_kd_writes_the_recipes_own_config_json(tmp_path, captured):
     assert KDConfig.from_args(saved) == captured[-1] == KDConfig(epochs=2, output_dir=str(out))
 
 
+def test_a_config_json_saved_before_ibot_and_registers_repeats_that_run(tmp_path, captured):
+    # A dino config.json written before --ibot_loss_weight and --num_register_tokens existed:
+    # the run had neither, so --config gives neither (today's unset defaults would add both).
+    old = {k: v for k, v in json.loads(json.dumps(plain_config(DINOConfig(epochs=2)))).items()
+           if k not in ("ibot_loss_weight", "num_register_tokens")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert main(["train", "dino", "--config", str(tmp_path / "config.json")]) == 0
+    assert (captured[-1].ibot_loss_weight, captured[-1].num_register_tokens) == (0.0, 0)
+    assert captured[-1].epochs == 2
+    # A file that names them keeps its values; flags on the command line still win.
+    (tmp_path / "new.json").write_text(json.dumps(plain_config(DINOConfig(epochs=2))))
+    assert main(["train", "dino", "--config", str(tmp_path / "new.json")]) == 0
+    assert (captured[-1].ibot_loss_weight, captured[-1].num_register_tokens) == (1.0, 4)
+    assert main(["train", "dino", "--config", str(tmp_path / "config.json"),
+                 "--num_register_tokens", "2"]) == 0
+    assert captured[-1].num_register_tokens == 2
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

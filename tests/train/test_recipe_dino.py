@@ -349,15 +349,19 @@ def test_ibot_and_registers_are_on_for_vits_and_off_for_resnets_unless_set():
     plain = DINOConfig(ibot_loss_weight=0.0, num_register_tokens=0)
     assert (plain.ibot_loss_weight, plain.num_register_tokens) == (0.0, 0)
     assert DINOConfig(arch="resnet18", num_register_tokens=2).num_register_tokens == 2
-    # A run saved before iBOT existed (no ibot_loss_weight key) reloads without it.
-    before = {k: v for k, v in vars(DINOConfig(num_register_tokens=0)).items()
-              if k != "ibot_loss_weight"}
+    # A run saved before either setting existed (no keys) reloads as it ran: without them.
+    before = {k: v for k, v in vars(DINOConfig()).items()
+              if k not in ("ibot_loss_weight", "num_register_tokens")}
     loaded = DINOConfig.from_args(before)
     assert (loaded.ibot_loss_weight, loaded.num_register_tokens) == (0.0, 0)
-    # The distill recipe's student keeps no registers by default, whatever its teacher has.
+    # The distill recipe's student keeps no registers by default, whatever its teacher has,
+    # and its iBOT weight (1, its first default) holds in its classic settings and old files.
     from dinolab.train.recipes.distill import DistillConfig
 
     assert DistillConfig().num_register_tokens == 0
+    assert DistillConfig.classic().ibot_loss_weight == 1.0
+    old = {k: v for k, v in vars(DistillConfig()).items() if k != "ibot_loss_weight"}
+    assert DistillConfig.from_args(old).ibot_loss_weight == 1.0
     # --teacher_centering none removes the center from the iBOT loss too (the collapse study).
     from dinolab.train.recipes.dino import ibot_centering
 

@@ -384,8 +384,15 @@ class DINOConfig(SSLConfig):
                      if k in names}
             return cls(**{**cls.classic_settings(), **saved})
         if args:
-            args = {**{k: v for k, v in _ADDED_LATER.items() if k not in args}, **args}
+            args = {**{k: v for k, v in cls.settings_added_later().items() if k not in args},
+                    **args}
         return super().from_args(args)
+
+    @classmethod
+    def settings_added_later(cls) -> dict[str, Any]:
+        """Values for settings a run saved by an earlier version lacks (:data:`_ADDED_LATER`):
+        what that run trained with, not today's default."""
+        return dict(_ADDED_LATER)
 
 
 #: The ``dino`` recipe's defaults before the course-teacher recipe: official DINO's
@@ -419,10 +426,11 @@ CLASSIC_SETTINGS: dict[str, Any] = {
     "ibot_loss_weight": 0.0,
 }
 
-#: Settings whose default changed after they were saved in checkpoints: a saved run that
-#: lacks the key ran with this value (session 11 added ``ibot_loss_weight`` with default 0;
-#: session 12 made iBOT and 4 registers the default).
-_ADDED_LATER: dict[str, Any] = {"ibot_loss_weight": 0.0}
+#: Settings added with a default that later changed: a saved run (``config.json``, a
+#: checkpoint's ``"args"``) that lacks the key ran with this value. ``num_register_tokens``
+#: and ``ibot_loss_weight`` were added with default 0; iBOT and 4 registers became the
+#: defaults later.
+_ADDED_LATER: dict[str, Any] = {"ibot_loss_weight": 0.0, "num_register_tokens": 0}
 
 
 # (embed_dim, depth, num_heads) of the named ViTs, to apply --embed_dim/--depth/--num_heads:

@@ -198,8 +198,15 @@ class DistillConfig(DINOConfig):
     def classic_settings(cls) -> dict[str, Any]:
         """The earlier dino defaults, except the ones this recipe sets itself (its last layer
         is not frozen, KoLeo is one of its five losses): the earlier distill defaults."""
-        own = ("freeze_last_layer", "koleo_loss_weight")
+        own = ("freeze_last_layer", "koleo_loss_weight", "ibot_loss_weight",
+               "num_register_tokens")
         return {k: v for k, v in super().classic_settings().items() if k not in own}
+
+    @classmethod
+    def settings_added_later(cls) -> dict[str, Any]:
+        """None: the distill recipe's ``ibot_loss_weight`` (1) and student registers (0) kept
+        their first defaults."""
+        return {}
 
 
 def load_teacher(cfg: DistillConfig) -> tuple[nn.Module, nn.Module, int]:
