@@ -142,7 +142,7 @@ def experiment_distill_ablation(quick: bool, seeds: tuple[int, ...] = SEEDS) -> 
             f"The course teacher distilled into lesson 6's student (width 64, 4 heads, 4-pixel "
             f"patches) with lesson 6's settings ({settings['epochs']} epochs of "
             f"{settings['num_images']} dark shapes, batch 32, lr 0.032 per 256 images, SPD weight "
-            f"0.01; the lr and SPD weight were chosen on data seed 100, with the previous course "
+            f"0.01; the lr and SPD weight were chosen on data seed 100, with an earlier course "
             f"teacher, trained on the `dark` shapes, and not re-tuned). Data seeds {list(seeds)} "
             "(the same number seeds the student). k-NN top-1 (k = 20) on "
             f"{settings['num_eval_images']} held-out images, mean +- sd over the seeds; the last "
