@@ -79,8 +79,7 @@ def _run_recipe(out_dir: Path) -> dict[str, Any] | None:
 
 def _run_style(out_dir: Path) -> str | None:
     """The ``--shapes_style`` a run in ``out_dir`` trained on (None: no finished config)."""
-    config = out_dir / "config.json"
-    return json.loads(config.read_text()).get("shapes_style") if config.is_file() else None
+    return (_run_recipe(out_dir) or {}).get("shapes_style")
 
 
 def run_dino(seed: int, epochs: int | None, out_dir: Path, quick: bool) -> dict[str, Any]:
