@@ -142,7 +142,7 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     the speed), batch and thread count (this process's, which the DINO run is given too); a
     linear classifier on the CLS feature, cross-entropy. Measured like the DINO teacher.
     """
-    from dinolab.eval import attention_jaccard, centre_prior_jaccard
+    from dinolab.eval import attention_jaccard, centre_prior_jaccard, cls_attention, map_object_mass
     from dinolab.train.engine import fix_random_seeds, get_params_groups
     from dinolab.train.recipes.common import build_ssl_data, knn_evaluate
     from dinolab.train.recipes.dino import DINOConfig, build_backbone_from
@@ -189,6 +189,8 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     images = torch.stack([data.knn_test[i][0] for i in range(n)])
     target = torch.from_numpy(masks[:n])
     result = attention_jaccard(backbone, images, target)
+    object_mass = map_object_mass(cls_attention(backbone, images).mean(1), target,
+                                  backbone.patch_size)
     return {
         "budget_s": cpu_budget_s,
         "threads": torch.get_num_threads(),
@@ -199,7 +201,15 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
         "jaccard_per_head": [float(v) for v in result.per_head],
         "jaccard_best_head": float(max(result.per_head)),
         "centre_prior_jaccard": float(centre_prior_jaccard(target, backbone.patch_size).mean()),
+        "object_mass": float(object_mass.mean()),
     }
+
+
+def _attention_shares(out_dir: Path) -> dict[str, Any]:
+    """Threshold-free attention figures of the run's teacher (``measure_attention_shares``)."""
+    from dinolab.train.course_teacher import measure_attention_shares
+
+    return measure_attention_shares(out_dir / "checkpoint.pth")
 
 
 def _saved(path: Path, key: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -306,7 +316,9 @@ def experiment_dino_showcase(
                           dino["train_cpu_s"], quick,
                           key={"budget_s": dino["train_cpu_s"],
                                "threads": torch.get_num_threads()})
-            results.setdefault(budget, {})[seed] = {"dino": dino, "supervised": sup}
+            shares = _cached(out_dir / "attention_shares.json", _attention_shares, out_dir)
+            results.setdefault(budget, {})[seed] = {"dino": dino, "supervised": sup,
+                                                    "shares": shares}
     figure = OUT / ("dino_showcase_quick.png" if quick else "dino_showcase.png")
     _plot(results, figure)
     lines = [
@@ -347,5 +359,37 @@ def experiment_dino_showcase(
             "Commands: " + "; ".join(f"`{x['command']}`" for x in d),
             "",
         ]
+        m = [r["shares"] for r in by_seed.values()]
+        lines += [
+            "Where the head-averaged attention goes, with no threshold "
+            "(`dinolab.eval.map_object_mass`: the share of the map's mass on the object's "
+            "pixels; same images):",
+            "",
+            "| attention | share of its mass on the object | 60%-mass set's area / object's |",
+            "|---|---:|---:|",
+            f"| DINO teacher | {_stat([x['object_mass'] for x in m], '{:.2f}')} | "
+            f"{_stat([x['kept_area_over_object'] for x in m], '{:.2f}')} |",
+            *([f"| same backbone, labels, same CPU time | "
+               f"{_stat([x['object_mass'] for x in s], '{:.2f}')} | - |"]
+              if all("object_mass" in x for x in s) else []),
+            f"| random initialisation | {_stat([x['random_object_mass'] for x in m], '{:.2f}')}"
+            " | - |",
+            f"| centre prior (no model) | "
+            f"{_stat([x['centre_prior_object_mass'] for x in m], '{:.2f}')} | - |",
+            f"| uniform (the object's share of the image) | "
+            f"{_stat([x['uniform_object_mass'] for x in m], '{:.2f}')} | - |",
+            "",
+        ]
+    lines += [
+        "The Jaccard thresholds each map to keep 60% of its mass (the DINO paper's metric); "
+        "a map sharper than the object keeps fewer pixels than the object has (area ratio "
+        "below 1) and scores lower even with more of its mass on the object. The share column "
+        "has no threshold."
+        + ("" if all("object_mass" in r["supervised"] for b in results.values()
+                     for r in b.values())
+           else " Label runs measured before the share existed kept no weights, so their share "
+           "is shown only where every seed of a budget has it."),
+        "",
+    ]
     lines += [f"![DINO on held-out seeds](experiments/{figure.name})", ""]
     return "\n".join(lines)

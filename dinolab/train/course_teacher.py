@@ -31,6 +31,7 @@ __all__ = [
     "COURSE_TEACHER_RECORD",
     "course_teacher_record",
     "load_course_teacher",
+    "measure_attention_shares",
     "measure_teacher",
     "slim_checkpoint",
 ]
@@ -128,17 +129,9 @@ def measure_teacher(path: str | os.PathLike[str], attention_images: int = 500) -
         ``random_jaccard_mean_map``, ``random_jaccard_best_head``, ``centre_prior_jaccard``.
     """
     from dinolab.eval import attention_jaccard, centre_prior_jaccard
-    from dinolab.models import load_backbone
-    from dinolab.train.engine import fix_random_seeds
-    from dinolab.train.recipes.common import build_ssl_data, knn_evaluate
-    from dinolab.train.recipes.dino import DINOConfig, build_student
+    from dinolab.train.recipes.common import knn_evaluate
 
-    state = load_checkpoint(path)
-    cfg = DINOConfig.from_args(state["args"])
-    data = build_ssl_data(cfg)
-    teacher = load_backbone(path)
-    fix_random_seeds(cfg.seed)
-    random_net = build_student(cfg).backbone.eval()
+    cfg, data, teacher, random_net = _rebuild(path)
     knn = {
         name: knn_evaluate(
             net, data.knn_train, data.knn_test, data.num_classes, k=cfg.knn_k,
@@ -151,13 +144,9 @@ def measure_teacher(path: str | os.PathLike[str], attention_images: int = 500) -
         "pixels_knn_top1": knn["pixels"],
         "random_knn_top1": knn["random"],
     }
-    masks = getattr(data.knn_test, "masks", None)
-    if masks is None and hasattr(data.knn_test, "dataset"):
-        masks = getattr(data.knn_test.dataset, "masks", None)
-    if masks is not None and attention_images > 0:
-        n = min(attention_images, len(masks))
-        images = torch.stack([data.knn_test[i][0] for i in range(n)])
-        target = torch.from_numpy(masks[:n])
+    held_out = _masked_test_images(data, attention_images)
+    if held_out is not None:
+        images, target = held_out
         result = attention_jaccard(teacher, images, target)
         random_result = attention_jaccard(random_net, images, target)
         out.update(
@@ -171,3 +160,76 @@ def measure_teacher(path: str | os.PathLike[str], attention_images: int = 500) -
             ),
         )
     return out
+
+
+def _rebuild(path: str | os.PathLike[str]) -> tuple[Any, Any, nn.Module, nn.Module]:
+    """``(cfg, data, teacher, random_net)`` of a dino checkpoint: its settings, the data they
+    build (``build_ssl_data``), its teacher backbone and the network at the random
+    initialisation the run started from, both in eval mode."""
+    from dinolab.models import load_backbone
+    from dinolab.train.engine import fix_random_seeds
+    from dinolab.train.recipes.common import build_ssl_data
+    from dinolab.train.recipes.dino import DINOConfig, build_student
+
+    cfg = DINOConfig.from_args(load_checkpoint(path)["args"])
+    data = build_ssl_data(cfg)
+    teacher = load_backbone(path)
+    fix_random_seeds(cfg.seed)
+    return cfg, data, teacher, build_student(cfg).backbone.eval()
+
+
+def _masked_test_images(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``n`` test images ``[n, 3, H, W]`` and their object masks ``[n, H, W]``
+    (None: the data have no masks, or ``n`` is 0)."""
+    masks = getattr(data.knn_test, "masks", None)
+    if masks is None and hasattr(data.knn_test, "dataset"):
+        masks = getattr(data.knn_test.dataset, "masks", None)
+    if masks is None or n <= 0:
+        return None
+    n = min(n, len(masks))
+    return torch.stack([data.knn_test[i][0] for i in range(n)]), torch.from_numpy(masks[:n])
+
+
+def measure_attention_shares(
+    path: str | os.PathLike[str], attention_images: int = 500
+) -> dict[str, Any]:
+    """Where a dino checkpoint's teacher puts its CLS attention, with no threshold.
+
+    Beside :func:`measure_teacher`'s Jaccard, which thresholds each map to 60% of its mass:
+    the share of the head-averaged map's mass on the object's pixels
+    (:func:`dinolab.eval.map_object_mass`), for the teacher, its random initialisation, the
+    centre prior and a uniform map (the object's share of the image), and the size of the
+    teacher's 60%-mass set against the object's. A set smaller than the object (ratio below 1)
+    lowers the Jaccard even when all of it lies on the object.
+
+    Returns:
+        A dict of floats averaged over the first ``attention_images`` test images:
+        ``object_mass``, ``object_mass_best_head``, ``random_object_mass``,
+        ``centre_prior_object_mass``, ``uniform_object_mass``, ``kept_area_over_object``
+        (empty when the data have no masks).
+    """
+    from dinolab.eval import centre_prior, cls_attention, map_object_mass, threshold_attention
+
+    _, data, teacher, random_net = _rebuild(path)
+    held_out = _masked_test_images(data, attention_images)
+    if held_out is None:
+        return {}
+    images, target = held_out
+    p = teacher.patch_size
+    attn = cls_attention(teacher, images)  # [B, heads, h, w]
+    mean_map = attn.mean(1)
+    b, h, w = mean_map.shape
+    kept = threshold_attention(mean_map, 0.6).sum((-2, -1)).double() * p * p  # pixels
+    return {
+        "object_mass": float(map_object_mass(mean_map, target, p).mean()),
+        "object_mass_best_head": float(map_object_mass(attn, target, p).mean(0).max()),
+        "random_object_mass": float(
+            map_object_mass(cls_attention(random_net, images).mean(1), target, p).mean()
+        ),
+        "centre_prior_object_mass": float(
+            map_object_mass(centre_prior(h, w).expand(b, h, w), target, p).mean()
+        ),
+        "uniform_object_mass": float(target.double().mean()),
+        "kept_area_over_object": float((kept / target.sum((-2, -1)).double()).mean()),
+        "images": b,
+    }

@@ -18,6 +18,7 @@ from dinolab.eval import (
     cls_to_patch_attention,
     jaccard,
     map_jaccard,
+    map_object_mass,
     patch_features,
     pca_colors,
     threshold_attention,
@@ -115,6 +116,42 @@ def test_jaccard_equals_the_hand_computation() -> None:
     value = jaccard(pred, hand_mask())
     assert value.shape == () and value.dtype == torch.float64 and float(value) == 0.5
     assert float(map_jaccard(HAND_MAP[None], hand_mask()[None], 2, 0.6)[0]) == 0.5
+
+
+def test_object_mass_equals_the_hand_computation() -> None:
+    # hand_mask covers patch rows 1 and 2; of patch columns 0..3 it covers 0, half (pixel
+    # column 3 of 2..3), all, half (pixel column 6 of 6..7). On the object: row 1
+    # .20/2 + .15 + .03/2 = .265, row 2 .12/2 + .10 + .04/2 = .18; the map sums to 1: 0.445.
+    value = map_object_mass(HAND_MAP[None], hand_mask()[None], 2)
+    assert value.shape == (1,) and value.dtype == torch.float64
+    assert abs(float(value[0]) - 0.445) < 1e-6  # HAND_MAP is float32
+    # Scale-free, per head for [B, K, h, w], and a uniform map scores the object's area share.
+    maps = torch.stack([HAND_MAP * 7.0, torch.ones(4, 4)])[None]  # [1, 2, 4, 4]
+    both = map_object_mass(maps, hand_mask()[None], 2)
+    assert both.shape == (1, 2)
+    torch.testing.assert_close(both, torch.tensor([[0.445, 16 / 64]], dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+
+
+def test_object_mass_does_not_punish_a_map_sharper_than_the_object() -> None:
+    # All attention on one of the object's four patches: every bit of it lies on the object
+    # (mass 1), while the 60%-mass set is that one patch, a quarter of the object (Jaccard .25).
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:6, 2:6] = True
+    sharp = torch.full((1, 4, 4), 1e-9, dtype=torch.float64)
+    sharp[0, 1, 1] = 1.0
+    assert float(map_object_mass(sharp, mask, 2)[0]) > 0.99999
+    assert abs(float(map_jaccard(sharp, mask, 2)[0]) - 0.25) < 1e-12
+    with pytest.raises(ValueError, match=r"masks have shape \(1, 6, 6\)"):
+        map_object_mass(sharp, torch.zeros(1, 6, 6, dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match="masks must be bool"):
+        map_object_mass(sharp, torch.zeros(1, 8, 8), 2)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        map_object_mass(-sharp, mask, 2)
+    with pytest.raises(ValueError, match="sums to 0"):
+        map_object_mass(torch.zeros(1, 4, 4), mask, 2)
+    with pytest.raises(ValueError, match=r"maps must be \[B, h, w\]"):
+        map_object_mass(sharp[0], mask, 2)
 
 
 def test_jaccard_edge_cases_and_batches() -> None:

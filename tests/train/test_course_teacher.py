@@ -11,6 +11,7 @@ from dinolab.train.course_teacher import (
     COURSE_TEACHER_PATH,
     course_teacher_record,
     load_course_teacher,
+    measure_attention_shares,
     measure_teacher,
     slim_checkpoint,
 )
@@ -67,6 +68,30 @@ def test_measure_teacher_reads_everything_from_the_file(tiny_run):
     assert len(figures["jaccard_per_head"]) == 2
     for key in ("jaccard_mean_map", "random_jaccard_mean_map", "centre_prior_jaccard"):
         assert 0.0 <= figures[key] <= 1.0
+
+
+def test_attention_shares_of_a_run_and_of_the_course_teacher(tiny_run):
+    from dinolab.train.checkpoint import load_checkpoint
+    from dinolab.train.recipes.common import build_ssl_data
+    from dinolab.train.recipes.dino import DINOConfig
+
+    shares = measure_attention_shares(tiny_run / "checkpoint.pth", attention_images=8)
+    args = load_checkpoint(tiny_run / "checkpoint.pth")["args"]
+    data = build_ssl_data(DINOConfig.from_args(args))
+    masks = data.knn_test.dataset.masks[:8]
+    assert shares["images"] == 8
+    assert shares["uniform_object_mass"] == pytest.approx(float(masks.mean()), abs=1e-12)
+    for key in ("object_mass", "object_mass_best_head", "random_object_mass",
+                "centre_prior_object_mass"):
+        assert 0.0 <= shares[key] <= 1.0
+    assert shares["kept_area_over_object"] > 0
+    assert measure_attention_shares(tiny_run / "checkpoint.pth", attention_images=0) == {}
+    # The committed teacher puts several times a uniform map's share on the object, and more
+    # than the centre prior does (what the showcase and lesson 4.3 claim).
+    teacher = measure_attention_shares(COURSE_TEACHER_PATH, attention_images=200)
+    assert teacher["object_mass"] > 3 * teacher["uniform_object_mass"]
+    assert teacher["object_mass"] > teacher["centre_prior_object_mass"] + 0.1
+    assert teacher["random_object_mass"] < 2 * teacher["uniform_object_mass"]
 
 
 def test_the_committed_course_teacher_scores_its_recorded_knn():
