@@ -205,11 +205,15 @@ def train_supervised(seed: int, cpu_budget_s: float, quick: bool) -> dict[str, A
     }
 
 
+# Bumped when ``measure_attention_shares`` changes what it reports (2: median area ratio).
+_SHARES_VERSION = 2
+
+
 def _attention_shares(out_dir: Path) -> dict[str, Any]:
     """Threshold-free attention figures of the run's teacher (``measure_attention_shares``)."""
     from dinolab.train.course_teacher import measure_attention_shares
 
-    return measure_attention_shares(out_dir / "checkpoint.pth")
+    return {**measure_attention_shares(out_dir / "checkpoint.pth"), "version": _SHARES_VERSION}
 
 
 def _saved(path: Path, key: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -316,7 +320,11 @@ def experiment_dino_showcase(
                           dino["train_cpu_s"], quick,
                           key={"budget_s": dino["train_cpu_s"],
                                "threads": torch.get_num_threads()})
-            shares = _cached(out_dir / "attention_shares.json", _attention_shares, out_dir)
+            shares_key = {"version": _SHARES_VERSION}
+            shares = (_saved(out_dir / "attention_shares.json", shares_key)
+                      if report_only and not (out_dir / "checkpoint.pth").is_file()
+                      else _cached(out_dir / "attention_shares.json", _attention_shares, out_dir,
+                                   key=shares_key))
             results.setdefault(budget, {})[seed] = {"dino": dino, "supervised": sup,
                                                     "shares": shares}
     figure = OUT / ("dino_showcase_quick.png" if quick else "dino_showcase.png")
@@ -360,12 +368,15 @@ def experiment_dino_showcase(
             "",
         ]
         m = [r["shares"] for r in by_seed.values()]
+        if not all(m):  # report_only, and a run measured before the shares existed
+            continue
         lines += [
             "Where the head-averaged attention goes, with no threshold "
             "(`dinolab.eval.map_object_mass`: the share of the map's mass on the object's "
             "pixels; same images):",
             "",
-            "| attention | share of its mass on the object | 60%-mass set's area / object's |",
+            "| attention | share of its mass on the object | 60%-mass set's area / object's "
+            "(median image) |",
             "|---|---:|---:|",
             f"| DINO teacher | {_stat([x['object_mass'] for x in m], '{:.2f}')} | "
             f"{_stat([x['kept_area_over_object'] for x in m], '{:.2f}')} |",

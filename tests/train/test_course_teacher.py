@@ -84,7 +84,17 @@ def test_attention_shares_of_a_run_and_of_the_course_teacher(tiny_run):
     for key in ("object_mass", "object_mass_best_head", "random_object_mass",
                 "centre_prior_object_mass"):
         assert 0.0 <= shares[key] <= 1.0
-    assert shares["kept_area_over_object"] > 0
+    # The area ratio, rebuilt from its parts: the head-averaged map's 60%-mass set, in pixels,
+    # over the object's pixels, median over the 8 images.
+    from dinolab.eval import cls_attention, threshold_attention
+    from dinolab.models import load_backbone
+
+    teacher = load_backbone(tiny_run / "checkpoint.pth")
+    images = torch.stack([data.knn_test[i][0] for i in range(8)])
+    kept = threshold_attention(cls_attention(teacher, images).mean(1), 0.6).sum((-2, -1))
+    kept = kept * teacher.patch_size**2
+    ratios = sorted(float(k) / float(m.sum()) for k, m in zip(kept, masks, strict=True))
+    assert shares["kept_area_over_object"] == pytest.approx((ratios[3] + ratios[4]) / 2)
     assert measure_attention_shares(tiny_run / "checkpoint.pth", attention_images=0) == {}
     # The committed teacher puts several times a uniform map's share on the object, and more
     # than the centre prior does (what the showcase and lesson 4.3 claim).
