@@ -90,3 +90,20 @@ def test_lesson_2_quotes_the_teachers_attention_peaks_on_the_cat() -> None:
         f"{min(others):.0f} to {max(others):.0f} times in the others"
     )
     assert quoted in text, f"lesson 2 no longer says {quoted!r}"
+
+
+def test_lesson_4_3_quotes_the_teachers_attention_share_on_the_object() -> None:
+    # Lesson 4.3, section 5: the share of the head-averaged attention on the object's pixels
+    # (no threshold) over its held-out images, as its cell prints it (500 images).
+    from dinolab.train.course_teacher import COURSE_TEACHER_PATH, measure_attention_shares
+
+    shares = measure_attention_shares(COURSE_TEACHER_PATH, attention_images=500)
+    text = _markdown(LESSON_4_3, "b5a00006")
+    quoted = (
+        f"puts {shares['object_mass']:.0%} of its attention on objects that cover "
+        f"{shares['uniform_object_mass']:.0%} of the image; the random network "
+        f"{shares['random_object_mass']:.0%}"
+    )
+    assert quoted in text, f"lesson 4.3 no longer says {quoted!r}"
+    prior = f"the centred Gaussian {shares['centre_prior_object_mass']:.0%}"
+    assert prior in text, f"lesson 4.3 no longer says {prior!r}"
