@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make experiments`` runs them all)::
 
-    python experiments/run.py                      # all eight experiments
+    python experiments/run.py                      # all nine experiments
     python experiments/run.py --only dino --quick  # a fast smoke run (numbers not meaningful)
 
 * ``kd``: seed 004's report over several seeds: accuracy and parameter count of the teacher,
@@ -69,7 +69,6 @@ def _machine() -> str:
         f"load average {load} at the start, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads"
     )
-
 
 
 # --------------------------------------------------------------------------- report

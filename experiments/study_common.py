@@ -1,7 +1,9 @@
-"""What the experiments of ``experiments/run.py`` share: where they write, and how they format.
+"""What the kd, dino and collapse experiments of ``experiments/run.py`` share: paths, formats.
 
 ``OUT`` holds each experiment's section and figures (``benchmarks/experiments``), ``RUNS`` its
-checkpoints and logs (``runs/experiments``, not committed).
+checkpoints and logs (``runs/experiments``, not committed). The later experiments
+(``course_teacher.py``, ``dino_showcase.py``, ``collapse_dark.py``, ``distill_ablation.py``)
+name the same folders themselves.
 """
 
 from __future__ import annotations
