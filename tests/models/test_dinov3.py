@@ -29,12 +29,7 @@ from dinolab.models.dinov3 import dinov3_options, dinov3_size_name, swiglu_hidde
 DIM, DEPTH, HEADS, PATCH, STORAGE = 32, 2, 2, 8, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def default_periods(head_dim: int) -> torch.Tensor:

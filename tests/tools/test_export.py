@@ -10,13 +10,7 @@ from dinolab.models import load_backbone, read_checkpoint
 from dinolab.tools.export import load_exported
 from dinolab.train.course_teacher import COURSE_TEACHER_PATH, load_course_teacher
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _images() -> torch.Tensor:

@@ -17,12 +17,7 @@ SIZE, PATCH, HEADS = 32, 4, 3
 PANEL_PX = 240  # one figure panel: 2.4 in at 100 dpi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

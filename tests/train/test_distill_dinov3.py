@@ -27,12 +27,7 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def dinov3_teacher_file(path, patch_size: int = 4) -> dict[str, torch.Tensor]:

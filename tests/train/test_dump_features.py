@@ -14,13 +14,7 @@ from dinolab.models import load_backbone
 from dinolab.train.course_teacher import COURSE_TEACHER_PATH
 from dinolab.train.recipes.common import SSLConfig, build_ssl_data
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_dumped_features_are_extract_features_of_the_evaluated_sets(tmp_path, capsys):

@@ -27,14 +27,7 @@ from dinolab.train.engine import (
     get_params_groups,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads per process thrash when several test processes share 2 cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Net(nn.Module):

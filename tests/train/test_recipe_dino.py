@@ -16,13 +16,7 @@ from dinolab.train.engine import NonFiniteLossError, SeededTransform
 from dinolab.train.recipes.common import build_ssl_data
 from dinolab.train.recipes.dino import DINOConfig, train_dino
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(tmp_path, **kw) -> DINOConfig:

@@ -18,13 +18,7 @@ from dinolab.train.recipes.dino import DINOTask, build_student, train_dino
 from dinolab.train.task import StepContext
 from tests.train.test_recipe_dino import tiny
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _wrapper(seed: int = 0) -> MultiCropWrapper:

@@ -19,12 +19,7 @@ from dinolab.train.recipes.distill import DistillConfig, DistillTask
 B = 2  # images per step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def dinov3_teacher(patch_size: int = 4) -> DINOv3ViT:

@@ -11,13 +11,7 @@ import torch
 from dinolab.train.recipes.dino import DINOConfig, train_dino
 from dinolab.train.recipes.evaluate import EvalConfig, eval_knn, eval_linear, load_backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from dinolab.cli import main
 from dinolab.train.tensorboard import TensorBoardLogger
@@ -20,12 +19,7 @@ TINY_DINO = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
