@@ -11,7 +11,11 @@ seed 100) and each budget (the full default run, and a run of about 10 CPU-minut
    and the centre prior);
 2. trains the same backbone with the labels (cross-entropy through a linear layer, on the
    first global crop of the same augmentation) for the same training CPU time
-   (:func:`train_supervised`) and measures it the same way.
+   (:func:`train_supervised`) and measures it the same way;
+3. measures where the teacher's head-averaged attention goes with no threshold
+   (:func:`dinolab.train.course_teacher.measure_attention_shares`: the share of it on the
+   object, against the random network, the centre prior and a uniform map, and the 60%-mass
+   set's area over the object's), and the labelled network's share.
 
 Each run's figures are saved as JSON under ``runs/experiments/showcase/`` and reused when
 present, so seeds can be run one at a time, even in parallel (``--showcase_seeds 1`` beside
