@@ -395,16 +395,18 @@ def experiment_dino_showcase(
             f"{_stat([x['uniform_object_mass'] for x in m], '{:.2f}')} | - |",
             "",
         ]
-    lines += [
-        "The Jaccard thresholds each map to keep 60% of its mass (the DINO paper's metric); "
-        "a map sharper than the object keeps fewer pixels than the object has (area ratio "
-        "below 1) and scores lower even with more of its mass on the object. The share column "
-        "has no threshold."
-        + ("" if all("object_mass" in r["supervised"] for b in results.values()
-                     for r in b.values())
-           else " Label runs measured before the share existed kept no weights, so their share "
-           "is shown only where every seed of a budget has it."),
-        "",
-    ]
+    if any(all(r["shares"] for r in b.values()) for b in results.values() if b):
+        labels_measured = all("object_mass" in r["supervised"] for b in results.values()
+                              for r in b.values())
+        lines += [
+            "The Jaccard thresholds each map to keep 60% of its mass (the DINO paper's metric); "
+            "a map sharper than the object keeps fewer pixels than the object has (area ratio "
+            "below 1) and scores lower even with more of its mass on the object. The share "
+            "column has no threshold."
+            + ("" if labels_measured
+               else " Label runs measured before the share existed kept no weights, so their "
+               "share is shown only where every seed of a budget has it."),
+            "",
+        ]
     lines += [f"![DINO on held-out seeds](experiments/{figure.name})", ""]
     return "\n".join(lines)
