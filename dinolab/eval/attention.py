@@ -152,6 +152,35 @@ class _EvalNoGrad:
             module.training = was_training
 
 
+def _check_maps_and_masks(
+    maps: Any, masks: Any, patch_size: Any, who: str
+) -> tuple[torch.Tensor, int]:
+    """Check ``[B, h, w]`` / ``[B, K, h, w]`` maps against bool ``[B, h * p, w * p]`` masks;
+    return the masks as a bool tensor and the patch size ``p``."""
+    p = _check_patch_size(patch_size, who)
+    masks = _as_bool_masks(masks, who)
+    if not isinstance(maps, torch.Tensor) or maps.ndim not in (3, 4):
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else None
+        raise ValueError(f"{who}: maps must be [B, h, w] or [B, K, h, w], got shape {shape}")
+    b, h, w = maps.shape[0], maps.shape[-2], maps.shape[-1]
+    if tuple(masks.shape) != (b, h * p, w * p):
+        raise ValueError(
+            f"{who}: masks have shape {tuple(masks.shape)}, expected [B, H, W] = "
+            f"[{b}, {h * p}, {w * p}] ({b} maps of {h}x{w} patches of {p} px)"
+        )
+    return masks, p
+
+
+def _check_map_values(flat: torch.Tensor, who: str, name: str) -> torch.Tensor:
+    """``flat`` (maps ``[..., h * w]``) unchanged, once every value is finite and >= 0 and every
+    map has a positive sum."""
+    if not bool(torch.isfinite(flat).all()) or bool((flat < 0).any()):
+        raise ValueError(f"{who}: {name} must be finite and >= 0 (a softmax or a prior)")
+    if bool((flat.sum(-1) <= 0).any()):
+        raise ValueError(f"{who}: a map sums to 0; expected some attention on some patch")
+    return flat
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
@@ -277,11 +306,7 @@ def threshold_attention(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     flat = attn.detach().to(torch.float64).flatten(-2)  # [..., h*w]
     if flat.numel() == 0:
         return torch.zeros(attn.shape, dtype=torch.bool, device=attn.device)
-    if not bool(torch.isfinite(flat).all()) or bool((flat < 0).any()):
-        raise ValueError(f"{who}: attention must be finite and >= 0 (a softmax or a prior)")
-    total = flat.sum(-1, keepdim=True)
-    if bool((total <= 0).any()):
-        raise ValueError(f"{who}: a map sums to 0; expected some attention on some patch")
+    total = _check_map_values(flat, who, "attention").sum(-1, keepdim=True)
     ordered = flat.sort(dim=-1, descending=True).values
     reached = ordered.cumsum(-1) / total >= mass - _MASS_TOL
     reached[..., -1] = True  # the whole map always reaches any mass <= 1
@@ -360,18 +385,7 @@ def map_jaccard(
     Raises:
         ValueError: masks not bool, or of a shape that does not match the maps' images.
     """
-    who = "map_jaccard"
-    p = _check_patch_size(patch_size, who)
-    masks = _as_bool_masks(masks, who)
-    if not isinstance(maps, torch.Tensor) or maps.ndim not in (3, 4):
-        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else None
-        raise ValueError(f"{who}: maps must be [B, h, w] or [B, K, h, w], got shape {shape}")
-    b, h, w = maps.shape[0], maps.shape[-2], maps.shape[-1]
-    if tuple(masks.shape) != (b, h * p, w * p):
-        raise ValueError(
-            f"{who}: masks have shape {tuple(masks.shape)}, expected [B, H, W] = "
-            f"[{b}, {h * p}, {w * p}] ({b} maps of {h}x{w} patches of {p} px)"
-        )
+    masks, p = _check_maps_and_masks(maps, masks, patch_size, "map_jaccard")
     kept = upsample_patches(threshold_attention(maps, mass), p)
     if maps.ndim == 4:
         masks = masks[:, None].expand(-1, maps.shape[1], -1, -1)
@@ -410,23 +424,10 @@ def map_object_mass(maps: torch.Tensor, masks: Any, patch_size: int) -> torch.Te
         tensor([0.6000], dtype=torch.float64)
     """
     who = "map_object_mass"
-    p = _check_patch_size(patch_size, who)
-    masks = _as_bool_masks(masks, who)
-    if not isinstance(maps, torch.Tensor) or maps.ndim not in (3, 4):
-        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else None
-        raise ValueError(f"{who}: maps must be [B, h, w] or [B, K, h, w], got shape {shape}")
+    masks, p = _check_maps_and_masks(maps, masks, patch_size, who)
     b, h, w = maps.shape[0], maps.shape[-2], maps.shape[-1]
-    if tuple(masks.shape) != (b, h * p, w * p):
-        raise ValueError(
-            f"{who}: masks have shape {tuple(masks.shape)}, expected [B, H, W] = "
-            f"[{b}, {h * p}, {w * p}] ({b} maps of {h}x{w} patches of {p} px)"
-        )
     a = maps.detach().to(torch.float64)
-    if not bool(torch.isfinite(a).all()) or bool((a < 0).any()):
-        raise ValueError(f"{who}: maps must be finite and >= 0 (a softmax or a prior)")
-    total = a.sum((-2, -1))
-    if bool((total <= 0).any()):
-        raise ValueError(f"{who}: a map sums to 0; expected some attention on some patch")
+    total = _check_map_values(a.flatten(-2), who, "maps").sum(-1)
     # [B, h, w]: the share of each patch's pixels that lie on the object.
     covered = masks.to(device=a.device, dtype=torch.float64).reshape(b, h, p, w, p).mean((2, 4))
     if a.ndim == 4:
